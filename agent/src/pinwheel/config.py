@@ -1,0 +1,122 @@
+"""Configuration files for the agent (``agent.conf``) and the master (``master.conf``).
+
+Both are INI files (readable by Python 3.9's standard library). Every setting
+has a default here except the ones that identify the farm. The templates the
+Ansible roles install document each setting.
+"""
+
+from __future__ import annotations
+
+import configparser
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+class ConfigError(Exception):
+    """The configuration file is missing, unreadable or wrong."""
+
+
+def _read(path: str | Path) -> configparser.ConfigParser:
+    parser = configparser.ConfigParser(interpolation=None)
+    try:
+        with open(path, encoding="utf-8") as fh:
+            parser.read_file(fh)
+    except OSError as exc:
+        raise ConfigError(f"cannot read configuration {path}: {exc.strerror}") from exc
+    except configparser.Error as exc:
+        raise ConfigError(f"invalid configuration {path}: {exc}") from exc
+    return parser
+
+
+def _get(parser: configparser.ConfigParser, section: str, key: str, path: str | Path,
+         default: str | None = None) -> str:
+    value = parser.get(section, key, fallback=default)
+    if value is None or value == "":
+        raise ConfigError(f"{path}: [{section}] {key} is required")
+    return value
+
+
+def _int(parser: configparser.ConfigParser, section: str, key: str, path: str | Path,
+         default: int) -> int:
+    raw = parser.get(section, key, fallback=str(default))
+    try:
+        return int(raw)
+    except ValueError:
+        raise ConfigError(f"{path}: [{section}] {key} must be a whole number, not {raw!r}") from None
+
+
+@dataclass
+class AgentConfig:
+    """Settings of one builder's agent."""
+
+    dsn: str                       # libpq connection string; the user is the builder's name
+    build_user: str                # the unprivileged user builds run as (not the agent's)
+    work_dir: Path                 # scratch space: one fresh directory per build, plus the outbox
+    index_url: str                 # the upstream index builds fetch sdists and build deps from
+    extra_index_urls: list[str] = field(default_factory=list)  # e.g. the farm's own index
+    python: str = "/usr/bin/python3"  # the interpreter whose ABI this builder builds for
+    build_timeout: int = 3600      # seconds before the whole build tree is killed
+    lease_seconds: int = 300       # how long a claim lasts without a heartbeat
+    heartbeat_seconds: int = 30    # how often the lease is extended while building
+    poll_seconds: int = 60         # slow poll when no NOTIFY arrives
+    push_host: str = "localhost"   # the master, as reachable over SSH
+    push_port: int = 22
+    push_user: str = "pinwheel-upload"
+    ssh_key: Path = Path("/var/lib/pinwheel-agent/.ssh/id_ed25519")
+    known_hosts: Path = Path("/var/lib/pinwheel-agent/.ssh/known_hosts")
+    push_attempts: int = 5         # rsync attempts (with backoff) before the job is handed back
+
+    @classmethod
+    def load(cls, path: str | Path) -> AgentConfig:
+        p = _read(path)
+        s = "agent"
+        if not p.has_section(s):
+            raise ConfigError(f"{path}: missing [agent] section")
+        extras = p.get(s, "extra_index_urls", fallback="").split()
+        return cls(
+            dsn=_get(p, s, "dsn", path),
+            build_user=_get(p, s, "build_user", path),
+            work_dir=Path(_get(p, s, "work_dir", path, "/var/lib/pinwheel-agent/work")),
+            index_url=_get(p, s, "index_url", path, "https://pypi.org/simple/"),
+            extra_index_urls=extras,
+            python=_get(p, s, "python", path, "/usr/bin/python3"),
+            build_timeout=_int(p, s, "build_timeout", path, 3600),
+            lease_seconds=_int(p, s, "lease_seconds", path, 300),
+            heartbeat_seconds=_int(p, s, "heartbeat_seconds", path, 30),
+            poll_seconds=_int(p, s, "poll_seconds", path, 60),
+            push_host=_get(p, "push", "host", path) if p.has_section("push") else "localhost",
+            push_port=_int(p, "push", "port", path, 22),
+            push_user=p.get("push", "user", fallback="pinwheel-upload"),
+            ssh_key=Path(p.get("push", "key", fallback=str(cls.ssh_key))),
+            known_hosts=Path(p.get("push", "known_hosts", fallback=str(cls.known_hosts))),
+            push_attempts=_int(p, "push", "attempts", path, 5),
+        )
+
+
+@dataclass
+class MasterConfig:
+    """Settings of the master's services and operator commands."""
+
+    dsn: str                     # libpq connection string of a pinwheel_master login
+    www_root: Path               # what nginx serves: simple/, packages/, logs/
+    incoming_root: Path          # incoming/<builder>/, written by builders over rsync
+    quarantine_root: Path        # refused files, kept for inspection
+    upstream_url: str = "https://pypi.org/simple/"
+    max_wheel_size: int = 1 << 30   # bytes; a larger upload is refused unread
+    max_log_size: int = 64 << 20    # bytes of gzipped log
+
+    @classmethod
+    def load(cls, path: str | Path) -> MasterConfig:
+        p = _read(path)
+        s = "master"
+        if not p.has_section(s):
+            raise ConfigError(f"{path}: missing [master] section")
+        return cls(
+            dsn=_get(p, s, "dsn", path),
+            www_root=Path(_get(p, s, "www_root", path, "/var/www/pinwheel")),
+            incoming_root=Path(_get(p, s, "incoming_root", path, "/srv/pinwheel/incoming")),
+            quarantine_root=Path(_get(p, s, "quarantine_root", path, "/srv/pinwheel/quarantine")),
+            upstream_url=_get(p, s, "upstream_url", path, "https://pypi.org/simple/"),
+            max_wheel_size=_int(p, s, "max_wheel_size", path, 1 << 30),
+            max_log_size=_int(p, s, "max_log_size", path, 64 << 20),
+        )

@@ -1,0 +1,1 @@
+"""The integration test harness: real services on loopback, started by pytest fixtures."""

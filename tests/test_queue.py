@@ -1,0 +1,263 @@
+"""The queue on a real PostgreSQL: claim, heartbeat, expiry, finish, refusals, concurrency."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+
+import psycopg2
+import pytest
+
+from pinwheel import db
+from pinwheel.queue import BuilderQueue, ReportedFile
+from pinwheel.schema import BUILDER_GROUP, MASTER_GROUP
+
+SHA = "0" * 64
+
+
+def builder(pg, database, name: str, abi: str = "cp311",
+            platform: str = "linux_x86_64") -> BuilderQueue:
+    dsn = pg.create_login(database, name, BUILDER_GROUP, f"pw-{name}")
+    q = BuilderQueue(db.connect(dsn))
+    q.register(abi, platform, "debian bookworm", "3.11.2")
+    return q
+
+
+def enqueue(pg, database, package: str, versions: list[str], priority: int = 0) -> int:
+    conn = pg.admin(database)
+    queued = 0
+    with conn.cursor() as cur:
+        cur.execute("SET search_path = pinwheel")
+        cur.execute("INSERT INTO packages (package, display_name) VALUES (%s, %s) "
+                    "ON CONFLICT DO NOTHING", (package, package))
+        for v in versions:
+            cur.execute("INSERT INTO versions (package, version, has_sdist) VALUES (%s, %s, true)",
+                        (package, v))
+            cur.execute("SELECT plan_release(%s, %s, %s)", (package, v, priority))
+            queued += cur.fetchone()[0]
+    conn.close()
+    return queued
+
+
+def scalar(pg, database, query: str, params=()):
+    conn = pg.admin(database)
+    with conn.cursor() as cur:
+        cur.execute("SET search_path = pinwheel")
+        cur.execute(query, params)
+        value = cur.fetchone()[0]
+    conn.close()
+    return value
+
+
+def test_claim_heartbeat_finish_moves_job_to_builds(pg, database):
+    q = builder(pg, database, "qb_one")
+    assert enqueue(pg, database, "foo", ["1.0"]) == 1
+    job = q.claim()
+    assert job is not None and (job.package, job.version, job.abi) == ("foo", "1.0", "cp311")
+    assert q.claim() is None, "the only job is leased: nothing else to claim"
+    before = job.lease_expires
+    time.sleep(0.01)
+    assert q.heartbeat(job, 600) > before
+    started = scalar(pg, database, "SELECT now()")
+    build_id = q.finish(job, "success", started, 1.5, None,
+                        [ReportedFile("foo-1.0-cp311-cp311-linux_x86_64.whl", 10, SHA)])
+    assert scalar(pg, database, "SELECT count(*) FROM jobs") == 0
+    assert scalar(pg, database, "SELECT status FROM builds WHERE build_id = %s",
+                  (build_id,)) == "success"
+    assert scalar(pg, database, "SELECT count(*) FROM files WHERE build_id = %s AND "
+                  "state = 'pending'", (build_id,)) == 1
+
+
+def test_jobs_are_claimed_by_priority_then_age(pg, database):
+    q = builder(pg, database, "qb_prio")
+    enqueue(pg, database, "old", ["1"])
+    enqueue(pg, database, "new", ["1"], priority=10)
+    enqueue(pg, database, "older", ["1"])
+    order = [q.claim().package for _ in range(3)]
+    assert order == ["new", "old", "older"]
+
+
+def test_claims_only_jobs_of_the_builders_abi(pg, database):
+    arm = builder(pg, database, "qb_arm", abi="cp39", platform="linux_armv7l")
+    x86 = builder(pg, database, "qb_x86")
+    enqueue(pg, database, "foo", ["1.0"])  # one job per registered ABI: cp39 and cp311
+    assert scalar(pg, database, "SELECT count(*) FROM jobs") == 2
+    assert arm.claim().abi == "cp39"
+    assert x86.claim().abi == "cp311"
+    assert arm.claim() is None
+
+
+def test_expired_lease_returns_job_to_queue_and_stale_token_is_refused(pg, database):
+    q1 = builder(pg, database, "qb_slow")
+    q2 = builder(pg, database, "qb_fast")
+    enqueue(pg, database, "foo", ["1.0"])
+    stale = q1.claim(lease_seconds=10)
+    conn = pg.admin(database)
+    with conn.cursor() as cur:  # let the lease run out without waiting ten seconds
+        cur.execute("UPDATE pinwheel.jobs SET lease_expires = now() - interval '1 second'")
+    conn.close()
+    fresh = q2.claim()
+    assert fresh is not None and fresh.job_id == stale.job_id and fresh.attempts == 2
+    with pytest.raises(db.LeaseLost, match="not held by builder qb_slow"):
+        q1.finish(stale, "success", fresh.lease_expires, 1.0, None,
+                  [ReportedFile("foo-1.0-py3-none-any.whl", 1, SHA)])
+    with pytest.raises(db.LeaseLost):
+        q1.heartbeat(stale)
+    q2.finish(fresh, "failed", fresh.lease_expires, 1.0, None, [])
+    assert scalar(pg, database, "SELECT count(*) FROM builds") == 1
+
+
+def test_finish_with_wrong_token_is_refused(pg, database):
+    q = builder(pg, database, "qb_tok")
+    enqueue(pg, database, "foo", ["1.0"])
+    job = q.claim()
+    forged = type(job)(job.job_id, job.package, job.version, job.abi,
+                       "00000000-0000-0000-0000-000000000000", job.lease_expires, job.attempts)
+    with pytest.raises(db.LeaseLost, match="stale lease token"):
+        q.finish(forged, "failed", job.lease_expires, 1.0, None, [])
+    assert scalar(pg, database, "SELECT count(*) FROM jobs WHERE state = 'leased'") == 1
+
+
+def test_a_builder_cannot_finish_another_builders_job(pg, database):
+    owner = builder(pg, database, "qb_owner")
+    thief = builder(pg, database, "qb_thief")
+    enqueue(pg, database, "foo", ["1.0"])
+    job = owner.claim()
+    with pytest.raises(db.LeaseLost, match="not held by builder qb_thief"):
+        thief.finish(job, "success", job.lease_expires, 1.0, None,
+                     [ReportedFile("foo-1.0-py3-none-any.whl", 1, SHA)])
+    with pytest.raises(db.LeaseLost):
+        thief.release(job)
+    owner.finish(job, "failed", job.lease_expires, 1.0, None, [])
+
+
+def test_attempt_limit_abandons_a_job(pg, database):
+    q = builder(pg, database, "qb_lim")
+    enqueue(pg, database, "foo", ["1.0"])
+    conn = pg.admin(database)
+    for _ in range(3):
+        assert q.claim() is not None
+        with conn.cursor() as cur:
+            cur.execute("UPDATE pinwheel.jobs SET lease_expires = now() - interval '1 second'")
+    assert q.claim() is None
+    conn.close()
+    assert scalar(pg, database, "SELECT count(*) FROM jobs") == 0
+    assert scalar(pg, database, "SELECT status FROM builds") == "abandoned"
+
+
+def test_release_hands_the_job_back_without_counting_the_attempt(pg, database):
+    q = builder(pg, database, "qb_rel")
+    enqueue(pg, database, "foo", ["1.0"])
+    job = q.claim()
+    q.release(job)
+    again = q.claim()
+    assert again.job_id == job.job_id and again.attempts == 1
+
+
+def test_paused_builder_claims_nothing(pg, database):
+    q = builder(pg, database, "qb_pause")
+    enqueue(pg, database, "foo", ["1.0"])
+    conn = pg.admin(database)
+    with conn.cursor() as cur:
+        cur.execute("UPDATE pinwheel.builders SET paused = true WHERE builder = 'qb_pause'")
+    assert q.ping() is True
+    assert q.claim() is None
+    with conn.cursor() as cur:
+        cur.execute("UPDATE pinwheel.builders SET paused = false WHERE builder = 'qb_pause'")
+    conn.close()
+    assert q.claim() is not None
+
+
+def test_registration_with_another_abi_is_refused(pg, database):
+    q = builder(pg, database, "qb_abi")
+    with pytest.raises(db.RegistrationMismatch, match="registered for cp311/linux_x86_64"):
+        q.register("cp39", "linux_armv7l", "debian bullseye", "3.9.2")
+
+
+def test_malformed_file_reports_are_refused_with_a_clear_error(pg, database):
+    q = builder(pg, database, "qb_bad")
+    enqueue(pg, database, "foo", ["1.0"])
+    job = q.claim()
+    with pytest.raises(db.InvalidReport, match="malformed file report"):
+        q.finish(job, "success", job.lease_expires, 1.0, None,
+                 [ReportedFile("foo.whl", 1, "not-a-hash")])
+    with pytest.raises(db.InvalidReport, match="at least one file"):
+        q.finish(job, "success", job.lease_expires, 1.0, None, [])
+    with pytest.raises(db.InvalidReport, match="invalid build status"):
+        q.finish(job, "great", job.lease_expires, 1.0, None, [])
+
+
+def test_notify_wakes_an_idle_builder(pg, database):
+    q = builder(pg, database, "qb_wait")
+    assert q.wait_for_work("cp311", 0.1) is False
+    woke: list[bool] = []
+    t = threading.Thread(target=lambda: woke.append(q.wait_for_work("cp311", 20)))
+    t.start()
+    time.sleep(0.3)
+    enqueue(pg, database, "foo", ["1.0"])
+    t.join(25)
+    assert woke == [True]
+
+
+def test_many_concurrent_claimers_never_share_a_job(pg, database):
+    names = [f"qb_c{i}" for i in range(12)]
+    queues = [builder(pg, database, n) for n in names]
+    enqueue(pg, database, "many", [f"1.{i}" for i in range(300)])
+    claimed: list[int] = []
+    lock = threading.Lock()
+    start = threading.Barrier(len(queues))
+
+    def worker(q: BuilderQueue) -> None:
+        start.wait()
+        while True:
+            job = q.claim()
+            if job is None:
+                return
+            with lock:
+                claimed.append(job.job_id)
+            q.finish(job, "failed", job.lease_expires, 0.1, None, [])
+
+    threads = [threading.Thread(target=worker, args=(q,)) for q in queues]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    counts = Counter(claimed)
+    assert len(counts) == 300 and set(counts.values()) == {1}
+    assert scalar(pg, database, "SELECT count(DISTINCT job_id) FROM builds") == 300
+    assert scalar(pg, database, "SELECT count(*) FROM jobs") == 0
+
+
+def test_builder_role_has_no_table_privileges(pg, database):
+    builder(pg, database, "qb_priv")
+    conn = psycopg2.connect(pg.tcp_dsn("qb_priv", "pw-qb_priv", database))
+    conn.autocommit = True
+    admin = pg.admin(database)
+    with admin.cursor() as cur:
+        cur.execute("SELECT table_name, min(column_name) FROM information_schema.columns "
+                    "WHERE table_schema = 'pinwheel' GROUP BY table_name")
+        columns = dict(cur.fetchall())
+        tables = sorted(columns)
+    admin.close()
+    assert {"jobs", "builds", "files", "builders", "packages"} <= set(tables)
+    for table in tables:
+        for stmt in (f"SELECT * FROM pinwheel.{table}",
+                     f"INSERT INTO pinwheel.{table} DEFAULT VALUES",
+                     f"UPDATE pinwheel.{table} SET {columns[table]} = NULL",
+                     f"DELETE FROM pinwheel.{table}"):
+            with pytest.raises(psycopg2.errors.InsufficientPrivilege), conn.cursor() as cur:
+                cur.execute(stmt)
+    for fn in ("SELECT pinwheel.plan_release('x', '1')", "SELECT pinwheel.requeue_expired()",
+               "SELECT pinwheel.held_job(1, gen_random_uuid())"):
+        with pytest.raises(psycopg2.errors.InsufficientPrivilege), conn.cursor() as cur:
+            cur.execute(fn)
+    conn.close()
+
+
+def test_master_role_reads_and_writes_tables(pg, database):
+    dsn = pg.create_login(database, "qm_master", MASTER_GROUP, "pw-master")
+    conn = db.connect(dsn)
+    db.call(conn, "INSERT INTO packages (package, display_name) VALUES ('bar', 'Bar')")
+    assert db.call(conn, "SELECT count(*) FROM packages")[0][0] == 1
+    conn.close()
