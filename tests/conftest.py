@@ -9,6 +9,10 @@ import pytest
 
 from harness.postgres import PostgresCluster
 
+# Fixtures for nginx, sshd + rrsync and the local upstream index live beside
+# the services they start.
+pytest_plugins = ["harness.fixtures"]
+
 _db_counter = itertools.count(1)
 
 

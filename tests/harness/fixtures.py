@@ -1,0 +1,1 @@
+"""Session fixtures for nginx, sshd + rrsync and the local upstream index."""
