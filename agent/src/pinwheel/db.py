@@ -7,6 +7,8 @@ agent and the CLI can tell "your lease is gone" from "the network is down".
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import psycopg2
@@ -87,3 +89,19 @@ def call(conn: Any, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, .
         if mapped is not None:
             raise mapped from exc
         raise
+
+
+@contextmanager
+def transaction(conn: Any) -> Iterator[Any]:
+    """A cursor inside one transaction on an autocommit connection; commits or rolls back."""
+    previous = conn.autocommit
+    conn.autocommit = False
+    try:
+        with conn.cursor() as cur:
+            yield cur
+        conn.commit()
+    except BaseException:
+        conn.rollback()
+        raise
+    finally:
+        conn.autocommit = previous

@@ -47,18 +47,28 @@ def sdist_version(filename: str, project: str) -> str | None:
     return None
 
 
+def abi_tag(implementation: str, major: int, minor: int) -> str:
+    """The ABI tag builds get from an interpreter, e.g. ``cp311``."""
+    impl = {"cpython": "cp", "pypy": "pp"}.get(implementation, implementation)
+    return f"{impl}{major}{minor}"
+
+
+def platform_tag(sysconfig_platform: str, maxsize: int = sys.maxsize) -> str:
+    """The platform tag pip gives a wheel built by an interpreter, e.g. ``linux_armv7l``."""
+    plat = sysconfig_platform
+    if plat == "linux-x86_64" and maxsize <= 2**32:
+        plat = "linux-i686"  # a 32-bit userland on a 64-bit kernel
+    return re.sub(r"[^a-z0-9_]", "_", plat.lower())
+
+
 def interpreter_abi() -> str:
-    """The ABI tag of this interpreter, e.g. ``cp311`` (what a builder builds for)."""
-    impl = {"cpython": "cp", "pypy": "pp"}.get(sys.implementation.name, sys.implementation.name)
-    return f"{impl}{sys.version_info[0]}{sys.version_info[1]}"
+    """The ABI tag of this interpreter."""
+    return abi_tag(sys.implementation.name, sys.version_info[0], sys.version_info[1])
 
 
 def interpreter_platform() -> str:
-    """The platform tag pip gives a wheel built here, e.g. ``linux_armv7l``."""
-    plat = sysconfig.get_platform()
-    if plat == "linux-x86_64" and sys.maxsize <= 2**32:
-        plat = "linux-i686"  # a 32-bit userland on a 64-bit kernel
-    return re.sub(r"[^a-z0-9_]", "_", plat.lower())
+    """The platform tag of this interpreter."""
+    return platform_tag(sysconfig.get_platform())
 
 
 def os_release(path: str = "/etc/os-release") -> str:

@@ -94,14 +94,17 @@ class BuilderQueue:
         )
         return int(rows[0][0])
 
-    def wait_for_work(self, abi: str, timeout: float) -> bool:
-        """Block up to ``timeout`` seconds for a NOTIFY about queued work for ``abi``."""
+    def wait_for_work(self, abi: str, timeout: float, wake_fds: tuple[int, ...] = ()) -> bool:
+        """Block up to ``timeout`` seconds for a NOTIFY about queued work for ``abi``.
+
+        Readable ``wake_fds`` (e.g. a signal wake-up pipe) end the wait early.
+        """
         if not self._listening:
             db.call(self.conn, f"LISTEN {JOBS_CHANNEL}")
             self._listening = True
         try:
-            ready, _, _ = select.select([self.conn], [], [], timeout)
-            if not ready:
+            ready, _, _ = select.select([self.conn, *wake_fds], [], [], timeout)
+            if self.conn not in ready:
                 return False
             self.conn.poll()
         except (OSError, ValueError) as exc:

@@ -1,0 +1,221 @@
+"""The ``pinwheel`` command: the agent, the master's services and operator commands.
+
+Exit status: 0 success, 1 an error explained on stderr, 2 a usage error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import json
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from . import __version__, db
+from .config import AgentConfig, ConfigError, MasterConfig
+
+AGENT_CONF = "/etc/pinwheel/agent.conf"
+MASTER_CONF = "/etc/pinwheel/master.conf"
+log = logging.getLogger("pinwheel")
+
+
+def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """A plain, aligned text table."""
+    cells = [[str(h) for h in headers]] + [["" if c is None else str(c) for c in r] for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def _read_password(args: argparse.Namespace) -> str | None:
+    if args.password_file:
+        return Path(args.password_file).read_text(encoding="utf-8").strip()
+    if args.password_env:
+        value = os.environ.get(args.password_env)
+        if not value:
+            raise ConfigError(f"environment variable {args.password_env} is empty or unset")
+        return value
+    if sys.stdin.isatty():
+        return getpass.getpass("password: ")
+    return None
+
+
+# ------------------------------------------------------------------ db
+
+def cmd_db_upgrade(args: argparse.Namespace) -> int:
+    from . import schema
+    conn = db.connect(args.dsn, application_name="pinwheel-db")
+    applied = schema.upgrade(conn)
+    if applied:
+        for mig in applied:
+            print(f"applied migration {mig.version:04d} {mig.name}")
+    else:
+        print("schema is up to date")
+    return 0
+
+
+def cmd_db_add_login(args: argparse.Namespace, group: str) -> int:
+    from . import schema
+    conn = db.connect(args.dsn, application_name="pinwheel-db")
+    schema.create_login(conn, args.name, group, _read_password(args))
+    print(f"login role {args.name} is in {group}")
+    return 0
+
+
+# -------------------------------------------------------------- services
+
+def cmd_agent(args: argparse.Namespace) -> int:
+    from . import agent
+    agent.run(AgentConfig.load(args.config))
+    return 0
+
+
+def cmd_ingest(args: argparse.Namespace) -> int:
+    from . import ingest
+    cfg = MasterConfig.load(args.config)
+    if args.once:
+        conn = db.connect(cfg.dsn, application_name="pinwheel-ingest")
+        n = ingest.process_pending(conn, cfg)
+        print(f"ingested {n} build(s)")
+        return 0
+    ingest.serve(cfg)
+    return 0
+
+
+# ------------------------------------------------------------- operators
+
+def cmd_add(args: argparse.Namespace) -> int:
+    from . import planner
+    cfg = MasterConfig.load(args.config)
+    conn = db.connect(cfg.dsn, application_name="pinwheel-add")
+    result = planner.add(conn, args.upstream or cfg.upstream_url, args.name, args.version,
+                         args.priority)
+    rows = [(r.version, "yes" if r.has_sdist else "no", "yes" if r.yanked else "", r.jobs, r.note)
+            for r in result.releases]
+    print(f"{result.display_name} ({result.package}): {len(result.releases)} release(s), "
+          f"{result.jobs} job(s) queued for ABIs {', '.join(result.active_abis) or '(none)'}")
+    if rows:
+        print(_table(("version", "sdist", "yanked", "jobs", "note"), rows))
+    if not result.active_abis:
+        print("warning: no builder has registered an ABI yet, so nothing was queued; "
+              "start a builder, then run this again", file=sys.stderr)
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    cfg = MasterConfig.load(args.config)
+    conn = db.connect(cfg.dsn, application_name="pinwheel-status")
+    queue = db.call(conn, """
+        SELECT a.abi, count(j.*) FILTER (WHERE j.state = 'queued'),
+               count(j.*) FILTER (WHERE j.state = 'leased'),
+               coalesce(a.skip_reason, '')
+        FROM abis a LEFT JOIN jobs j USING (abi) GROUP BY a.abi ORDER BY a.abi""")
+    builders = db.call(conn, """
+        SELECT b.builder, b.abi, b.platform, b.os_release,
+               CASE WHEN b.paused THEN 'paused' ELSE 'active' END,
+               to_char(now() - b.last_seen, 'HH24:MI:SS'),
+               (SELECT j.package || ' ' || j.version || ' (' ||
+                       to_char(now() - j.claimed_at, 'HH24:MI:SS') || ')'
+                FROM jobs j WHERE j.builder = b.builder AND j.state = 'leased' LIMIT 1)
+        FROM builders b ORDER BY b.builder""")
+    recent = db.call(conn, """
+        SELECT b.build_id, b.package, b.version, b.abi, b.builder, b.status,
+               round(extract(epoch FROM b.duration)::numeric, 1), b.ingest_state
+        FROM builds b ORDER BY b.build_id DESC LIMIT %s""", (args.recent,))
+    if args.json:
+        json.dump({
+            "queue": [dict(zip(("abi", "queued", "building", "skip_reason"), r)) for r in queue],
+            "builders": [dict(zip(("builder", "abi", "platform", "os_release", "state",
+                                   "last_seen_ago", "current_job"), r)) for r in builders],
+            "recent_builds": [dict(zip(("build_id", "package", "version", "abi", "builder",
+                                        "status", "seconds", "ingest"), r), seconds=float(r[6] or 0))
+                              for r in recent],
+        }, sys.stdout, indent=2, default=str)
+        print()
+        return 0
+    print("Queue")
+    print(_table(("abi", "queued", "building", "skipped"), queue) if queue else "  (no ABIs yet)")
+    print("\nBuilders")
+    print(_table(("builder", "abi", "platform", "os", "state", "last seen", "building"),
+                 builders) if builders else "  (none registered)")
+    print("\nRecent builds")
+    print(_table(("build", "package", "version", "abi", "builder", "status", "seconds",
+                  "ingest"), recent) if recent else "  (none yet)")
+    return 0
+
+
+# ----------------------------------------------------------------- parser
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="pinwheel", description="Pinwheel wheel-building farm")
+    p.add_argument("--version", action="version", version=f"pinwheel {__version__}")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    pdb = sub.add_parser("db", help="database administration (run on the database host)")
+    dbsub = pdb.add_subparsers(dest="db_command", required=True, metavar="ACTION")
+    admin_dsn = os.environ.get("PINWHEEL_ADMIN_DSN", "dbname=pinwheel")
+    up = dbsub.add_parser("upgrade", help="create roles and apply pending schema migrations")
+    up.add_argument("--dsn", default=admin_dsn,
+                    help="superuser connection (default: $PINWHEEL_ADMIN_DSN or dbname=pinwheel)")
+    up.set_defaults(func=cmd_db_upgrade)
+    for action, group, what in (("add-builder", "pinwheel_builders", "a builder"),
+                                ("add-master", "pinwheel_master", "the master's services")):
+        a = dbsub.add_parser(action, help=f"create or update the login role of {what}")
+        a.add_argument("name", help="role name (for a builder: the builder's name)")
+        a.add_argument("--dsn", default=admin_dsn, help="superuser connection")
+        a.add_argument("--password-file", help="read the password from this file")
+        a.add_argument("--password-env", metavar="VAR", help="read the password from $VAR")
+        a.set_defaults(func=lambda args, g=group: cmd_db_add_login(args, g))
+
+    ag = sub.add_parser("agent", help="run the builder agent (pinwheel-agent.service)")
+    ag.add_argument("--config", default=AGENT_CONF, help=f"default {AGENT_CONF}")
+    ag.set_defaults(func=cmd_agent)
+
+    ing = sub.add_parser("ingest", help="verify and publish finished builds (master service)")
+    ing.add_argument("--config", default=MASTER_CONF, help=f"default {MASTER_CONF}")
+    ing.add_argument("--once", action="store_true", help="process what is pending, then exit")
+    ing.set_defaults(func=cmd_ingest)
+
+    add = sub.add_parser("add", help="queue builds of a project from the upstream index")
+    add.add_argument("name", help="project name, any spelling")
+    add.add_argument("version", nargs="?", help="only this version (default: every release)")
+    add.add_argument("--config", default=MASTER_CONF, help=f"default {MASTER_CONF}")
+    add.add_argument("--upstream", help="upstream simple index URL (default: from the config)")
+    add.add_argument("--priority", type=int, default=0, help="higher builds sooner (default 0)")
+    add.set_defaults(func=cmd_add)
+
+    st = sub.add_parser("status", help="the queue, the builders and recent builds")
+    st.add_argument("--config", default=MASTER_CONF, help=f"default {MASTER_CONF}")
+    st.add_argument("--json", action="store_true", help="machine-readable output")
+    st.add_argument("--recent", type=int, default=10, help="how many recent builds (default 10)")
+    st.set_defaults(func=cmd_status)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        return 130
+    except (ConfigError, db.PinwheelError, ValueError, OSError) as exc:
+        print(f"pinwheel: error: {exc}", file=sys.stderr)
+        return 1
+    except Exception as exc:
+        # Errors of our own modules carry a message meant for the operator.
+        if type(exc).__module__.startswith("pinwheel."):
+            print(f"pinwheel: error: {exc}", file=sys.stderr)
+            return 1
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,146 @@
+"""nginx serving the master's static index, configured by the Ansible role's template.
+
+The site (``roles/master/templates/nginx-site.conf.j2``, a ``server { }`` block)
+is rendered with jinja2 exactly as the role installs it, then wrapped in a small
+main ``nginx.conf`` of the harness's own: pid file, logs and every temp path live
+in a temp dir, and nginx runs in the foreground as a subprocess. As root, the
+workers run as ``www-data``, so whatever tests publish under ``www_root`` must be
+world-readable (as it must be in production).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import jinja2
+
+from .ports import free_port
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+ROLE_TEMPLATES = REPO_ROOT / "roles" / "master" / "templates"
+NGINX = "/usr/sbin/nginx"
+WORKER_USER = "www-data"
+WWW_SUBDIRS = ("simple", "packages", "logs")
+TEMP_PATHS = ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+
+
+def render_role_template(name: str, **variables: Any) -> str:
+    """Render a template of the master role as Ansible's ``template`` module would.
+
+    Ansible renders with ``trim_blocks`` on; undefined variables are errors here
+    so a template and the harness cannot drift apart silently.
+    """
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(ROLE_TEMPLATES)),
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        keep_trailing_newline=True,
+        autoescape=False,  # config files, not HTML
+    )
+    return env.get_template(name).render(**variables)
+
+
+def wait_listening(proc: subprocess.Popen[bytes], port: int, what: str,
+                   timeout: float = 10.0) -> None:
+    """Wait until ``proc`` listens on ``127.0.0.1:port``; fail early if it exits."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{what} exited with status {proc.returncode}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return
+        except OSError:
+            time.sleep(0.02)
+    raise TimeoutError(f"{what} did not listen on 127.0.0.1:{port} within {timeout}s")
+
+
+def _main_conf(base: Path, site: Path) -> str:
+    user = f"user {WORKER_USER} {WORKER_USER};\n" if os.geteuid() == 0 else ""
+    temp = "".join(f"    {kind}_temp_path {base / 'temp' / kind};\n" for kind in TEMP_PATHS)
+    return (
+        f"{user}"
+        "worker_processes 1;\n"
+        f"pid {base / 'nginx.pid'};\n"
+        f"error_log {base / 'error.log'} info;\n"
+        "events { worker_connections 256; }\n"
+        "http {\n"
+        "    include /etc/nginx/mime.types;\n"
+        "    default_type application/octet-stream;\n"
+        f"    access_log {base / 'access.log'};\n"
+        f"{temp}"
+        f"    include {site};\n"
+        "}\n"
+    )
+
+
+class NginxServer:
+    """One nginx serving ``www_root`` on ``127.0.0.1:port`` (use :meth:`start`)."""
+
+    def __init__(self) -> None:
+        self.base = Path(tempfile.mkdtemp(prefix="pinwheel-nginx-"))
+        self.base.chmod(0o755)
+        self.www_root = self.base / "www"
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.conf = self.base / "nginx.conf"
+        self.log = self.base / "error.log"
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    def _write_config(self) -> None:
+        for sub in WWW_SUBDIRS:
+            (self.www_root / sub).mkdir(parents=True, exist_ok=True)
+            (self.www_root / sub).chmod(0o755)
+        self.www_root.chmod(0o755)
+        (self.base / "temp").mkdir(exist_ok=True)
+        site = self.base / "site.conf"
+        site.write_text(render_role_template(
+            "nginx-site.conf.j2",
+            pinwheel_master_http_port=self.port,
+            pinwheel_master_http_address="127.0.0.1",
+            pinwheel_master_www_root=str(self.www_root),
+        ))
+        self.conf.write_text(_main_conf(self.base, site))
+
+    def _nginx(self, *args: str) -> list[str]:
+        return [NGINX, "-p", f"{self.base}/", "-e", str(self.log), "-c", str(self.conf), *args]
+
+    def _fail(self, what: str, output: str = "") -> RuntimeError:
+        log = self.log.read_text(errors="replace") if self.log.exists() else ""
+        return RuntimeError(f"nginx {what} (config {self.conf}):\n{output}\n"
+                            f"--- {self.log} ---\n{log}")
+
+    def start(self) -> None:
+        self._write_config()
+        check = subprocess.run(self._nginx("-t"), capture_output=True, text=True)
+        if check.returncode != 0:
+            raise self._fail("configuration test failed", check.stdout + check.stderr)
+        self._proc = subprocess.Popen(self._nginx("-g", "daemon off;"),
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        try:
+            wait_listening(self._proc, self.port, "nginx")
+        except (RuntimeError, TimeoutError) as exc:
+            self.stop()
+            raise self._fail("did not start") from exc
+
+    def stop(self) -> None:
+        if self._proc is None:
+            return
+        self._proc.terminate()
+        try:
+            self._proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self._proc.kill()
+            self._proc.wait()
+        self._proc = None
+
+    def destroy(self) -> None:
+        self.stop()
+        shutil.rmtree(self.base, ignore_errors=True)

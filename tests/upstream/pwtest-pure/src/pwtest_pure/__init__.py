@@ -1,0 +1,5 @@
+"""Pinwheel test package: pure Python."""
+
+
+def hello() -> str:
+    return "Hello from pwtest-pure"
