@@ -8,6 +8,7 @@ production, so builder roles log in with passwords.
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import shutil
@@ -68,10 +69,8 @@ class PostgresCluster:
                       "-c fsync=off -c max_connections=200", "restart"])
 
     def destroy(self) -> None:
-        try:
+        with contextlib.suppress(subprocess.CalledProcessError):
             self.stop("immediate")
-        except subprocess.CalledProcessError:
-            pass
         shutil.rmtree(self.base, ignore_errors=True)
 
     def admin_dsn(self, dbname: str = "postgres") -> str:

@@ -14,6 +14,7 @@ backoff and jitter.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
 import logging
@@ -132,10 +133,8 @@ class Agent:
 
     def _drop_connection(self) -> None:
         if self.queue is not None:
-            try:
+            with contextlib.suppress(Exception):  # the connection is already broken
                 self.queue.conn.close()
-            except Exception:  # noqa: S110 - the connection is already broken
-                pass
         self.queue = None
 
     # --------------------------------------------------------------- loop
@@ -148,9 +147,7 @@ class Agent:
             job = self._db(lambda q: q.claim(self.cfg.lease_seconds))
             if job is None:
                 try:
-                    wake = (self._wake_r,) if self._wake_r is not None else ()
-                    self._db(lambda q: q.wait_for_work(self.abi, self.cfg.poll_seconds, wake),
-                             retry=False)
+                    self._db(self._wait_for_work, retry=False)
                 except db.DatabaseUnavailable as exc:
                     log.warning("%s; reconnecting", exc)
                     self.stopping.wait(1 + random.random())  # noqa: S311
@@ -158,6 +155,10 @@ class Agent:
                 continue
             self.handle(job)
         log.info("agent stopped")
+
+    def _wait_for_work(self, queue: BuilderQueue) -> bool:
+        wake = (self._wake_r,) if self._wake_r is not None else ()
+        return queue.wait_for_work(self.abi, self.cfg.poll_seconds, wake)
 
     def handle(self, job: Job) -> None:
         log.info("job %d: building %s %s for %s (attempt %d)", job.job_id, job.package,

@@ -133,7 +133,8 @@ def cmd_status(args: argparse.Namespace) -> int:
             "builders": [dict(zip(("builder", "abi", "platform", "os_release", "state",
                                    "last_seen_ago", "current_job"), r)) for r in builders],
             "recent_builds": [dict(zip(("build_id", "package", "version", "abi", "builder",
-                                        "status", "seconds", "ingest"), r), seconds=float(r[6] or 0))
+                                        "status", "seconds", "ingest"), r),
+                                   seconds=float(r[6] or 0))
                               for r in recent],
         }, sys.stdout, indent=2, default=str)
         print()

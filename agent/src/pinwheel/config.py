@@ -42,7 +42,8 @@ def _int(parser: configparser.ConfigParser, section: str, key: str, path: str | 
     try:
         return int(raw)
     except ValueError:
-        raise ConfigError(f"{path}: [{section}] {key} must be a whole number, not {raw!r}") from None
+        raise ConfigError(
+            f"{path}: [{section}] {key} must be a whole number, not {raw!r}") from None
 
 
 @dataclass
@@ -53,7 +54,8 @@ class AgentConfig:
     build_user: str                # the unprivileged user builds run as (not the agent's)
     work_dir: Path                 # scratch space: one fresh directory per build, plus the outbox
     index_url: str                 # the upstream index builds fetch sdists and build deps from
-    extra_index_urls: list[str] = field(default_factory=list)  # e.g. the farm's own index
+    # further indexes for build dependencies, e.g. the farm's own index
+    extra_index_urls: list[str] = field(default_factory=list)
     python: str = "/usr/bin/python3"  # the interpreter whose ABI this builder builds for
     build_timeout: int = 3600      # seconds before the whole build tree is killed
     lease_seconds: int = 300       # how long a claim lasts without a heartbeat

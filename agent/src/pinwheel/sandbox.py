@@ -126,15 +126,16 @@ class Sandbox:
     def _prepare(self, job_id: int) -> Path:
         builds = self.work_dir / "builds"
         builds.mkdir(parents=True, exist_ok=True)
-        os.chmod(self.work_dir, 0o711)
-        os.chmod(builds, 0o711)
+        # Traversable by the build user, never listable or readable.
+        os.chmod(self.work_dir, 0o711)  # noqa: S103
+        os.chmod(builds, 0o711)  # noqa: S103
         job_dir = builds / f"job-{job_id}"
         if job_dir.exists():  # left over from a crash
             self._wipe(job_dir)
         job_dir.mkdir(mode=0o711)
         for sub in ("tree", "tree/tmp", "tree/out"):
             (job_dir / sub).mkdir()
-            os.chmod(job_dir / sub, 0o777)  # the build user writes here, nowhere else
+            os.chmod(job_dir / sub, 0o777)  # noqa: S103 - the build user writes here only
         return job_dir
 
     # --------------------------------------------------------------- build

@@ -75,9 +75,12 @@ class _AnchorParser(HTMLParser):
 
 
 def _fetch(url: str, timeout: float) -> tuple[str, bytes, str]:
-    req = urllib.request.Request(url, headers={"Accept": ACCEPT, "User-Agent": USER_AGENT})
+    if not url.startswith(("http://", "https://")):
+        raise UpstreamError(f"{url}: only http and https upstreams are supported")
+    req = urllib.request.Request(  # noqa: S310 - http(s) only, checked above
+        url, headers={"Accept": ACCEPT, "User-Agent": USER_AGENT})
     try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:  # noqa: S310 - http(s) only
+        with urllib.request.urlopen(req, timeout=timeout) as resp:  # noqa: S310 - checked above
             body = resp.read(MAX_PAGE + 1)
             if len(body) > MAX_PAGE:
                 raise UpstreamError(f"{url}: page larger than {MAX_PAGE} bytes")

@@ -1,0 +1,138 @@
+"""Atomic file writes for everything nginx serves.
+
+A reader (nginx, rsync mirrors) must never see a half-written file: each
+write goes to a temporary name in the destination's own directory, is
+fsynced, given mode 0644 and renamed over the destination. The directory is
+fsynced afterwards so the rename survives a crash.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import tempfile
+from pathlib import Path
+from typing import Union
+
+FILE_MODE = 0o644
+DIR_MODE = 0o755
+_CHUNK = 1 << 20
+
+Source = Union[int, str, Path]
+
+
+class DigestMismatch(Exception):
+    """The bytes copied do not have the expected SHA-256 (the source changed)."""
+
+
+def fsync_dir(path: Path) -> None:
+    """Flush a directory's entries (after a rename into it) to disk."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _temp_beside(dest: Path) -> tuple[int, str]:
+    return tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
+
+
+def _discard(tmp: str) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(tmp)
+
+
+def _finish(fd: int, tmp: str, dest: Path, mode: int) -> None:
+    """fsync and chmod the temporary file ``fd``, then rename it to ``dest``."""
+    os.fchmod(fd, mode)
+    os.fsync(fd)
+    os.close(fd)
+    os.replace(tmp, dest)
+    fsync_dir(dest.parent)
+
+
+def atomic_write_bytes(path: str | Path, data: bytes, mode: int = FILE_MODE) -> None:
+    """Replace ``path`` with ``data`` atomically (readers see old or new, never half)."""
+    dest = Path(path)
+    fd, tmp = _temp_beside(dest)
+    try:
+        view = memoryview(data)
+        while view:
+            written = os.write(fd, view)
+            view = view[written:]
+        _finish(fd, tmp, dest, mode)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+        _discard(tmp)
+        raise
+
+
+def atomic_write_text(path: str | Path, text: str, mode: int = FILE_MODE,
+                      encoding: str = "utf-8") -> None:
+    """Replace ``path`` with ``text`` atomically."""
+    atomic_write_bytes(path, text.encode(encoding), mode)
+
+
+def _copy_fd(src_fd: int, dst_fd: int) -> str:
+    """Copy everything from ``src_fd`` (from its start) to ``dst_fd``; return the SHA-256."""
+    digest = hashlib.sha256()
+    os.lseek(src_fd, 0, os.SEEK_SET)
+    while True:
+        chunk = os.read(src_fd, _CHUNK)
+        if not chunk:
+            return digest.hexdigest()
+        digest.update(chunk)
+        view = memoryview(chunk)
+        while view:
+            written = os.write(dst_fd, view)
+            view = view[written:]
+
+
+def atomic_copy(src: Source, dest: str | Path, *, sha256: str | None = None,
+                mode: int = FILE_MODE) -> str:
+    """Copy ``src`` (an open file descriptor or a path) to ``dest`` atomically.
+
+    A descriptor is read from its start and left open; a path is opened (and
+    followed, if it is a symlink: pass a descriptor opened with O_NOFOLLOW for
+    untrusted sources). With ``sha256``, the copy is only renamed into place
+    when its bytes have that digest, otherwise ``DigestMismatch`` is raised and
+    ``dest`` is left untouched. Returns the SHA-256 of the bytes copied.
+    """
+    dest = Path(dest)
+    own_fd = not isinstance(src, int)
+    src_fd = os.open(src, os.O_RDONLY) if own_fd else int(src)  # type: ignore[arg-type]
+    try:
+        fd, tmp = _temp_beside(dest)
+        try:
+            got = _copy_fd(src_fd, fd)
+            if sha256 is not None and got != sha256:
+                raise DigestMismatch(f"{dest.name}: copied bytes have SHA-256 {got}, "
+                                     f"expected {sha256} (did the source change?)")
+            _finish(fd, tmp, dest, mode)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+            _discard(tmp)
+            raise
+    finally:
+        if own_fd:
+            os.close(src_fd)
+    return got
+
+
+def make_dirs(path: Path, mode: int = DIR_MODE) -> None:
+    """``mkdir -p`` with a mode that does not depend on the process umask."""
+    missing = []
+    p = path
+    while not p.is_dir():
+        missing.append(p)
+        if p.parent == p:
+            break
+        p = p.parent
+    for d in reversed(missing):
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(d)
+            os.chmod(d, mode)
