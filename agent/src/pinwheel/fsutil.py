@@ -44,12 +44,21 @@ def _discard(tmp: str) -> None:
         os.unlink(tmp)
 
 
-def _finish(fd: int, tmp: str, dest: Path, mode: int) -> None:
-    """fsync and chmod the temporary file ``fd``, then rename it to ``dest``."""
-    os.fchmod(fd, mode)
-    os.fsync(fd)
-    os.close(fd)
-    os.replace(tmp, dest)
+def _install(fd: int, tmp: str, dest: Path, mode: int) -> None:
+    """chmod, fsync and close the temporary file ``fd``, then rename it to ``dest``.
+
+    Closes ``fd`` in every case; on failure the temporary file is removed.
+    """
+    try:
+        try:
+            os.fchmod(fd, mode)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, dest)
+    except BaseException:
+        _discard(tmp)
+        raise
     fsync_dir(dest.parent)
 
 
@@ -58,22 +67,25 @@ def atomic_write_bytes(path: str | Path, data: bytes, mode: int = FILE_MODE) -> 
     dest = Path(path)
     fd, tmp = _temp_beside(dest)
     try:
-        view = memoryview(data)
-        while view:
-            written = os.write(fd, view)
-            view = view[written:]
-        _finish(fd, tmp, dest, mode)
+        _write_all(fd, data)
     except BaseException:
-        with contextlib.suppress(OSError):
-            os.close(fd)
+        os.close(fd)
         _discard(tmp)
         raise
+    _install(fd, tmp, dest, mode)
 
 
 def atomic_write_text(path: str | Path, text: str, mode: int = FILE_MODE,
                       encoding: str = "utf-8") -> None:
     """Replace ``path`` with ``text`` atomically."""
     atomic_write_bytes(path, text.encode(encoding), mode)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        view = view[written:]
 
 
 def _copy_fd(src_fd: int, dst_fd: int) -> str:
@@ -85,10 +97,7 @@ def _copy_fd(src_fd: int, dst_fd: int) -> str:
         if not chunk:
             return digest.hexdigest()
         digest.update(chunk)
-        view = memoryview(chunk)
-        while view:
-            written = os.write(dst_fd, view)
-            view = view[written:]
+        _write_all(dst_fd, chunk)
 
 
 def atomic_copy(src: Source, dest: str | Path, *, sha256: str | None = None,
@@ -111,12 +120,11 @@ def atomic_copy(src: Source, dest: str | Path, *, sha256: str | None = None,
             if sha256 is not None and got != sha256:
                 raise DigestMismatch(f"{dest.name}: copied bytes have SHA-256 {got}, "
                                      f"expected {sha256} (did the source change?)")
-            _finish(fd, tmp, dest, mode)
         except BaseException:
-            with contextlib.suppress(OSError):
-                os.close(fd)
+            os.close(fd)
             _discard(tmp)
             raise
+        _install(fd, tmp, dest, mode)
     finally:
         if own_fd:
             os.close(src_fd)
