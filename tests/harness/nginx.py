@@ -128,7 +128,7 @@ class NginxServer:
             wait_listening(self._proc, self.port, "nginx")
         except (RuntimeError, TimeoutError) as exc:
             self.stop()
-            raise self._fail("did not start") from exc
+            raise self._fail(f"did not start: {exc}") from exc
 
     def stop(self) -> None:
         if self._proc is None:

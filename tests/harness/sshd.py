@@ -3,7 +3,9 @@
 Each builder's key appears in an authorized_keys file rendered from the role's
 template ``roles/master/templates/authorized_keys.j2``::
 
-    restrict,command="/usr/bin/rrsync -wo <incoming_root>/<name>" ssh-ed25519 AAAA... pinwheel-builder:<name>
+    # builder <name>
+    restrict,command="/usr/bin/rrsync -wo <incoming_root>/<name>" \\
+        ssh-ed25519 AAAA... pinwheel-builder:<name>      (one line)
 
 so the key can only *write* (``-wo``) below its own ``incoming/<name>/``: no
 shell, no reading back, no forwarding, no other directory.
@@ -19,10 +21,11 @@ which rrsync makes the root:
 
 * ``user@host:`` (empty path, also ``user@host:.`` or ``user@host:/``) is
   ``incoming/<name>/`` itself;
-* ``user@host:sub/`` is ``incoming/<name>/sub/`` (rsync creates ``sub`` when
-  sending several files or with ``--mkpath``);
+* ``user@host:sub/`` is ``incoming/<name>/sub/`` (rsync creates ``sub`` itself;
+  missing parents, as in ``a/b/``, need ``--mkpath``);
 * a leading ``/`` is *not* the master's root: rrsync re-anchors it in the
   restricted directory (``user@host:/x/`` is ``incoming/<name>/x/``);
+* ``~`` means nothing special (``user@host:~/`` makes a directory named ``~``);
 * any ``..`` component is refused, and so is a path whose real path leaves the
   directory through a symlink; reads (``user@host:file``) are refused.
 
@@ -42,6 +45,7 @@ from __future__ import annotations
 import os
 import pwd
 import re
+import shlex
 import shutil
 import subprocess
 import tempfile
@@ -52,7 +56,6 @@ from .nginx import render_role_template, wait_listening
 from .ports import free_port
 
 SSHD = "/usr/sbin/sshd"
-RRSYNC = "/usr/bin/rrsync"
 UPLOAD_USER = "pwtest-upload"
 UPLOAD_HOME = Path("/var/lib/pwtest-upload")
 BUILDER_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
@@ -85,7 +88,7 @@ def ssh_options(key: BuilderKey) -> list[str]:
 
 def rsync_command(key: BuilderKey) -> list[str]:
     """``rsync -e "ssh ..."``: append options, the files and ``key.destination``."""
-    return ["rsync", "-e", " ".join(["ssh", *ssh_options(key)])]
+    return ["rsync", "-e", shlex.join(["ssh", *ssh_options(key)])]
 
 
 def ssh_command(key: BuilderKey) -> list[str]:

@@ -25,8 +25,9 @@ import shutil
 import tarfile
 import tempfile
 import threading
-import tomllib
+import zipfile
 from dataclasses import dataclass
+from email.parser import HeaderParser
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -74,7 +75,18 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def _pkg_info(project: dict[str, Any], version: str) -> str:
+def project_metadata(pyproject: str) -> dict[str, str]:
+    """The ``key = "value"`` lines of a test project's ``[project]`` table.
+
+    The test projects keep their metadata to such lines (no tomllib on 3.9).
+    """
+    table = re.search(r"(?ms)^\[project\]\n(.*?)(?=^\[|\Z)", pyproject)
+    if table is None:
+        raise ValueError("pyproject.toml has no [project] table")
+    return dict(re.findall(r'(?m)^([a-z-]+) = "([^"]*)"$', table.group(1)))
+
+
+def _pkg_info(project: dict[str, str], version: str) -> str:
     lines = ["Metadata-Version: 2.1", f"Name: {project['name']}", f"Version: {version}"]
     if "description" in project:
         lines.append(f"Summary: {project['description']}")
@@ -103,7 +115,7 @@ def _source_files(src: Path) -> list[Path]:
 def make_sdist(src: Path, version: str, outdir: Path) -> Path:
     """Pack ``src`` as the sdist of ``version`` (PEP 625 name) into ``outdir``."""
     pyproject = (src / "pyproject.toml").read_text()
-    project = tomllib.loads(pyproject)["project"]
+    project = project_metadata(pyproject)
     stem = f"{canonicalize_name(project['name']).replace('-', '_')}-{version}"
     pyproject, count = re.subn(r'(?m)^version = ".*"$', f'version = "{version}"', pyproject)
     if count != 1:
@@ -142,18 +154,30 @@ def _index_file(path: Path, project: str, version: str,
                      requires_python=requires_python)
 
 
+def _wheel_requires_python(wheel: Path, project: str, version: str) -> str | None:
+    dist_info = f"{project.replace('-', '_')}-{version}.dist-info/METADATA"
+    with zipfile.ZipFile(wheel) as zf:
+        names = [n for n in zf.namelist() if n.lower() == dist_info.lower()]
+        if not names:
+            return None
+        metadata = HeaderParser().parsestr(zf.read(names[0]).decode())
+    return metadata.get("Requires-Python")
+
+
 def build_files(outdir: Path) -> list[IndexFile]:
     """Every file of the index, written into ``outdir``."""
     files = []
     for name, versions in VERSIONS.items():
         src = SOURCES / name
-        requires = tomllib.loads((src / "pyproject.toml").read_text())["project"].get(
+        requires = project_metadata((src / "pyproject.toml").read_text()).get(
             "requires-python")
         for version in versions:
             files.append(_index_file(make_sdist(src, version, outdir), name, version, requires))
     for wheel in _copy_seed_wheels(outdir):
-        project, version, _, _ = parse_wheel_filename(wheel.name)
-        files.append(_index_file(wheel, project, str(version), None))
+        project, parsed, _, _ = parse_wheel_filename(wheel.name)
+        version = wheel.name.split("-")[1]
+        requires = _wheel_requires_python(wheel, project, version)
+        files.append(_index_file(wheel, project, str(parsed), requires))
     return files
 
 
@@ -180,7 +204,7 @@ def _preferred_type(accept: str) -> str:
 class _Handler(BaseHTTPRequestHandler):
     server: _IndexServer
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+    def log_message(self, format: str, *args: Any) -> None:
         self.server.requests.append(format % args)
 
     def _send(self, status: int, body: bytes, content_type: str,
@@ -250,7 +274,11 @@ class UpstreamIndex:
         self.root = Path(tempfile.mkdtemp(prefix="pinwheel-upstream-"))
         self.files_dir = self.root / "files"
         self.files_dir.mkdir()
-        self.files = build_files(self.files_dir)
+        try:
+            self.files = build_files(self.files_dir)
+        except BaseException:
+            shutil.rmtree(self.root, ignore_errors=True)
+            raise
         self.by_filename = {f.filename: f for f in self.files}
         self.by_project: dict[str, list[IndexFile]] = {}
         for f in self.files:

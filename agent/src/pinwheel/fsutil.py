@@ -141,6 +141,10 @@ def make_dirs(path: Path, mode: int = DIR_MODE) -> None:
             break
         p = p.parent
     for d in reversed(missing):
-        with contextlib.suppress(FileExistsError):
+        try:
             os.mkdir(d)
-            os.chmod(d, mode)
+        except FileExistsError:
+            if not d.is_dir():
+                raise NotADirectoryError(f"{d} exists and is not a directory") from None
+            continue
+        os.chmod(d, mode)

@@ -1,0 +1,125 @@
+"""Builder agents as real processes: a venv from the system Python, own users, own config.
+
+The agent runs as its own unprivileged user from a venv made with the host's
+system Python (``--system-site-packages``, so Debian's python3-psycopg2 is
+used), as the builder role installs it; builds run as a second user.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from .users import AgentUsers
+
+REPO = Path(__file__).resolve().parents[2]
+SYSTEM_PYTHON = "/usr/bin/python3"
+
+
+def world_readable_tempdir(prefix: str) -> Path:
+    path = Path(tempfile.mkdtemp(prefix=prefix))
+    os.chmod(path, 0o755)
+    return path
+
+
+def make_agent_venv() -> Path:
+    """Install the agent into a fresh venv made from the system Python; returns the venv."""
+    base = world_readable_tempdir("pinwheel-agent-venv-")
+    src = base / "src"
+    shutil.copytree(REPO / "agent", src,
+                    ignore=shutil.ignore_patterns("*.egg-info", "build", "__pycache__"))
+    venv = base / "venv"
+    subprocess.run([SYSTEM_PYTHON, "-m", "venv", "--system-site-packages", str(venv)],
+                   check=True)
+    env = {**os.environ, "PIP_CONFIG_FILE": os.devnull, "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
+    proc = subprocess.run([str(venv / "bin" / "pip"), "install", "-q", "--no-deps",
+                           "--no-build-isolation", "--no-index", str(src)],
+                          env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"installing the agent into {venv} failed:\n{proc.stdout}{proc.stderr}")
+    for path in base.rglob("*"):
+        if path.is_dir():
+            path.chmod(0o755)
+    return venv
+
+
+@dataclass
+class AgentProcess:
+    name: str
+    users: AgentUsers
+    config: Path
+    log: Path
+    proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, venv: Path) -> None:
+        logfile = open(self.log, "ab")  # noqa: SIM115 - owned by the process
+        account = pwd.getpwnam(self.users.agent)
+        self.proc = subprocess.Popen(
+            [str(venv / "bin" / "pinwheel"), "agent", "--config", str(self.config)],
+            stdin=subprocess.DEVNULL, stdout=logfile, stderr=subprocess.STDOUT,
+            user=account.pw_uid, group=account.pw_gid, extra_groups=[], cwd="/",
+            env={"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8"})
+        logfile.close()
+
+    def stop(self, timeout: float = 60) -> int:
+        """SIGTERM (the agent drains), then wait; returns the exit status."""
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            raise
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+
+def write_agent_config(path: Path, *, dsn: str, build_user: str, work_dir: Path, index_url: str,
+                       extra_index_urls: list[str], push_port: int, push_user: str,
+                       key: Path, known_hosts: Path, owner: str,
+                       build_timeout: int = 600) -> None:
+    path.write_text(f"""[agent]
+dsn = {dsn}
+build_user = {build_user}
+work_dir = {work_dir}
+index_url = {index_url}
+extra_index_urls = {' '.join(extra_index_urls)}
+python = {SYSTEM_PYTHON}
+build_timeout = {build_timeout}
+lease_seconds = 120
+heartbeat_seconds = 5
+poll_seconds = 10
+
+[push]
+host = 127.0.0.1
+port = {push_port}
+user = {push_user}
+key = {key}
+known_hosts = {known_hosts}
+attempts = 3
+""", encoding="utf-8")
+    shutil.chown(path, owner)
+    path.chmod(0o600)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    shutil.chown(work_dir, owner)
+
+
+def wait_until(predicate, timeout: float, what: str, interval: float = 0.5,  # type: ignore[no-untyped-def]
+               diagnostics=None) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(interval)
+    detail = f"\n{diagnostics()}" if diagnostics else ""
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}{detail}")

@@ -1,0 +1,118 @@
+"""The build sandbox with real sudo and real processes.
+
+A stand-in "interpreter" (a shell script the sandbox runs instead of
+``python3 -m pip wheel ...``) lets these tests do what a hostile build would.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from harness.users import AgentUsers, ensure_agent_users
+from pinwheel.sandbox import BuildAborted, Sandbox
+
+USERS = AgentUsers("pwtest-sbx-agent", "pwtest-sbx-build")
+
+
+@pytest.fixture(scope="module")
+def users() -> AgentUsers:
+    ensure_agent_users([USERS])
+    return USERS
+
+
+@pytest.fixture
+def place() -> Path:
+    d = Path(tempfile.mkdtemp(prefix="pinwheel-sbx-"))
+    os.chmod(d, 0o755)
+    return d
+
+
+def fake_python(place: Path, body: str) -> str:
+    script = place / "fake-python"
+    script.write_text("#!/bin/sh\nout=\"$(eval echo \\${$#})\"\n" + body)
+    script.chmod(0o755)
+    return str(script)
+
+
+def sandbox(users: AgentUsers, place: Path, python: str, timeout: int = 60) -> Sandbox:
+    return Sandbox(users.build, place / "work", python, "http://127.0.0.1:9/simple/", [], timeout)
+
+
+def build_user_processes(user: str) -> list[str]:
+    """Live processes of ``user`` (killed ones not yet reaped by init are dead: ignored)."""
+    proc = subprocess.run(["ps", "-o", "stat=,args=", "-u", user], capture_output=True,
+                          text=True)
+    return [line for line in proc.stdout.splitlines() if not line.strip().startswith("Z")]
+
+
+def test_build_runs_as_the_build_user_with_an_empty_environment(users, place, monkeypatch):
+    monkeypatch.setenv("PINWHEEL_SECRET", "s3cret-agent-env")
+    py = fake_python(place, 'id -un; env; echo "out=$out"; exit 3\n')
+    result = sandbox(users, place, py).build("foo", "1.0", 1, place / "outbox",
+                                            tick=lambda: None, tick_seconds=5)
+    text = result.log_path.read_text()
+    assert result.status == "failed" and result.wheels == []
+    assert f"\n{users.build}\n" in text
+    assert "s3cret-agent-env" not in text
+    assert "PIP_CONFIG_FILE=/dev/null" in text
+    assert "exit status 3" in text
+    assert not (place / "work" / "builds" / "job-1").exists(), "the build tree is wiped"
+
+
+def test_time_limit_kills_the_whole_tree_even_escaped_processes(users, place):
+    py = fake_python(place, "setsid sleep 300 >/dev/null 2>&1 &\nsleep 300 &\nsleep 300\n")
+    result = sandbox(users, place, py, timeout=2).build("foo", "1.0", 2, place / "outbox",
+                                                       tick=lambda: None, tick_seconds=1)
+    assert result.status == "timeout"
+    assert "timed out after 2s" in result.log_path.read_text()
+    assert build_user_processes(users.build) == []
+
+
+def test_a_lost_lease_stops_the_build_and_kills_it(users, place):
+    py = fake_python(place, "sleep 300\n")
+
+    def tick() -> None:
+        raise BuildAborted("lease lost")
+
+    with pytest.raises(BuildAborted):
+        sandbox(users, place, py).build("foo", "1.0", 3, place / "outbox", tick=tick,
+                                        tick_seconds=0.5)
+    assert build_user_processes(users.build) == []
+    assert not (place / "work" / "builds" / "job-3").exists()
+
+
+def test_a_planted_symlink_is_never_collected_as_a_wheel(users, place):
+    secret = place / "agent-secret"
+    secret.write_text("password=hunter2")
+    secret.chmod(0o600)
+    py = fake_python(place, f'ln -s {secret} "$out/evil-1.0-py3-none-any.whl"\n'
+                            f'ln -s /etc/shadow "$out/shadow-1.0-py3-none-any.whl"\nexit 0\n')
+    result = sandbox(users, place, py).build("evil", "1.0", 4, place / "outbox",
+                                            tick=lambda: None, tick_seconds=5)
+    assert result.status == "failed" and result.wheels == []
+    assert "produced no wheel" in result.log_path.read_text()
+    assert sorted(p.name for p in (place / "outbox").iterdir()) == ["build.log"]
+
+
+def test_build_user_cannot_read_the_agents_files(users, place):
+    secret = place / "agent.conf"
+    secret.write_text("dsn = password=hunter2")
+    secret.chmod(0o600)
+    py = fake_python(place, f"cat {secret}; echo cat-exit=$?\n")
+    result = sandbox(users, place, py).build("foo", "1.0", 5, place / "outbox",
+                                            tick=lambda: None, tick_seconds=5)
+    text = result.log_path.read_text()
+    assert "hunter2" not in text and "Permission denied" in text
+
+
+def test_real_build_of_a_c_extension(users, place, upstream):
+    sb = Sandbox(users.build, place / "work", "/usr/bin/python3", upstream.url, [], 600)
+    result = sb.build("pwtest-cext", "1.0", 6, place / "outbox", tick=lambda: None,
+                      tick_seconds=30)
+    assert result.status == "success", result.log_path.read_text()[-3000:]
+    assert [w.name for w in result.wheels] == ["pwtest_cext-1.0-cp311-cp311-linux_x86_64.whl"]
