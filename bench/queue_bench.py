@@ -94,6 +94,7 @@ class Config:
     pgqueuer: bool
     qm_reference: bool
     qm_batch_size: int
+    history: int
     repeat: int
     quick: bool
     docs: Path | None
@@ -121,6 +122,9 @@ def parse_args(argv: Sequence[str] | None = None) -> Config:
                    help="skip the pgqueuer QueueManager reference runs")
     p.add_argument("--qm-batch-size", type=int, default=10,
                    help="QueueManager.run batch_size for the reference runs (its default, 10)")
+    p.add_argument("--history", type=int,
+                   help="finished builds (one published file each) already in Pinwheel's "
+                        "databases before measuring, as in a farm in service (default 100000)")
     p.add_argument("--repeat", type=int, default=1,
                    help="run every throughput measurement this many times (interleaved) and "
                         "report the fastest: for a machine that others share (default 1)")
@@ -148,6 +152,7 @@ def parse_args(argv: Sequence[str] | None = None) -> Config:
         pgqueuer=not a.no_pgqueuer,
         qm_reference=not a.no_pgqueuer and not a.no_qm_reference,
         qm_batch_size=a.qm_batch_size,
+        history=a.history if a.history is not None else (2_000 if quick else 100_000),
         repeat=max(1, a.repeat),
         quick=quick,
         docs=docs,
@@ -459,6 +464,48 @@ class PinwheelBench:
         conn.close()
         return n
 
+    def seed_history(self, count: int) -> None:
+        """Finished, ingested builds with one published file each, as in a farm in service.
+
+        Without a history the builds table starts empty, and a builder session that plans
+        the files → builds foreign-key check while it is tiny keeps a sequential scan of it
+        for the rest of the session (until the next ANALYZE of builds).
+        """
+        if count <= 0:
+            return
+        conn = self.pg.admin(self.dbname)
+        conn.autocommit = False
+        params = {"per": VERSIONS_PER_PACKAGE, "last": count - 1, "abi": ABI, "sha": SHA256,
+                  "plat": PLATFORM}
+        with conn.cursor() as cur:
+            cur.execute("SET LOCAL search_path = pinwheel")
+            cur.execute("""
+                INSERT INTO packages (package, display_name)
+                SELECT DISTINCT 'hist-' || (n / %(per)s), 'Hist ' || (n / %(per)s)
+                FROM generate_series(0, %(last)s) AS n""", params)
+            cur.execute("""
+                INSERT INTO versions (package, version, has_sdist, released)
+                SELECT 'hist-' || (n / %(per)s), '0.' || n, true, now() - interval '1 year'
+                FROM generate_series(0, %(last)s) AS n""", params)
+            cur.execute("""
+                INSERT INTO builds (job_id, package, version, abi, status, attempts,
+                                    started_at, finished_at, duration, ingest_state,
+                                    ingested_at)
+                SELECT -1 - n, 'hist-' || (n / %(per)s), '0.' || n, %(abi)s, 'success', 1,
+                       now() - make_interval(secs => n + 60), now() - make_interval(secs => n),
+                       interval '60 seconds', 'done', now() - make_interval(secs => n)
+                FROM generate_series(0, %(last)s) AS n""", params)
+            cur.execute("""
+                INSERT INTO files (build_id, filename, size, sha256, state, package, version,
+                                   python_tag, abi_tag, platform_tag, published_at)
+                SELECT build_id, package || '-' || version || '-cp311-cp311-' || %(plat)s
+                                 || '.whl',
+                       123456, %(sha)s, 'published', package, version, 'cp311', 'cp311',
+                       %(plat)s, finished_at
+                FROM builds WHERE package LIKE 'hist-%%'""", params)
+        conn.commit()
+        conn.close()
+
     def fill(self, target: int) -> None:
         """Queue new releases (set-based, as the superuser) until ``target`` jobs are queued."""
         missing = target - self.queued()
@@ -616,12 +663,14 @@ CLAIM_QUERY = """
     FOR UPDATE SKIP LOCKED"""
 
 
-def claim_latency(pg: PostgresCluster, backlog: int, claims: int) -> LatencyResult:
+def claim_latency(pg: PostgresCluster, backlog: int, claims: int,
+                  history: int) -> LatencyResult:
     """One builder: claim (timed) → heartbeat → finish, ``claims`` times, at ``backlog``."""
     from pinwheel import db
     from pinwheel.queue import BuilderQueue, ReportedFile
 
     bench = PinwheelBench(pg, LATENCY_DB)
+    bench.seed_history(history)
     conn = pg.admin(LATENCY_DB)
     with conn.cursor() as cur:
         # Server-side time per PL/pgSQL function, for this database's sessions only.
@@ -868,8 +917,10 @@ def render_section(cfg: Config, machine: dict[str, str], runs: list[RunResult],
         "- Both: one process per client, all released together; only cycles that complete "
         "inside the measured window count. Before every run the backlog is topped up to its "
         "size, then `VACUUM (ANALYZE)` and `CHECKPOINT` run on that database. Runs alternate "
-        "between the systems at each client count. Pinwheel's history (`builds`, `files`) "
-        "and pgqueuer's `pgqueuer_log` grow across runs, as they would in service.",
+        "between the systems at each client count. Pinwheel's databases start with a "
+        f"history of {cfg.history:,} finished builds with one published file each, as in a "
+        "farm in service; that history (`builds`, `files`) and pgqueuer's `pgqueuer_log` grow "
+        "across runs.",
         "- The clients run on the same cores as PostgreSQL, so client-side CPU (psycopg2 vs "
         "asyncpg + pydantic) is part of both numbers.",
     ]
@@ -979,6 +1030,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         machine = machine_info(pg)
         log(f"machine: {machine}")
         pw = PinwheelBench(pg, PINWHEEL_DB)
+        pw.seed_history(cfg.history)
         builder_dsns = [pw.builder_dsn(i) for i in range(max(cfg.clients))]
         pq = PgqueuerBench(pg) if cfg.pgqueuer else None
         runs = _throughput(cfg, pw, pq, builder_dsns)
@@ -986,7 +1038,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             if name == PGQ_DB and pq is None:
                 continue
             pg.drop_database(name)
-        latency = claim_latency(pg, cfg.latency_backlog, cfg.latency_claims)
+        latency = claim_latency(pg, cfg.latency_backlog, cfg.latency_claims, cfg.history)
         log(f"latency at {latency.backlog:,}: claim p50 {latency.claim_p50_ms:.2f} ms, "
             f"p99 {latency.claim_p99_ms:.2f} ms, max {latency.claim_max_ms:.2f} ms; "
             f"finish p50 {latency.finish_p50_ms:.2f} ms")

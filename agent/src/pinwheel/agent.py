@@ -62,7 +62,7 @@ class Agent:
         self.python_version = ".".join(str(v) for v in interp.version)
         self._wake_r: int | None = None
         self.sandbox = Sandbox(cfg.build_user, cfg.work_dir, cfg.python, cfg.index_url,
-                               cfg.extra_index_urls, cfg.build_timeout)
+                               cfg.extra_index_urls, cfg.build_timeout, cfg.ca_bundle)
 
     # ------------------------------------------------------------ signals
 

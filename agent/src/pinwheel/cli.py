@@ -94,7 +94,7 @@ def cmd_add(args: argparse.Namespace) -> int:
     cfg = MasterConfig.load(args.config)
     conn = db.connect(cfg.dsn, application_name="pinwheel-add")
     result = planner.add(conn, args.upstream or cfg.upstream_url, args.name, args.version,
-                         args.priority)
+                         args.priority, cfg.ca_bundle)
     rows = [(r.version, "yes" if r.has_sdist else "no", "yes" if r.yanked else "", r.jobs, r.note)
             for r in result.releases]
     print(f"{result.display_name} ({result.package}): {len(result.releases)} release(s), "

@@ -67,6 +67,7 @@ class AgentConfig:
     ssh_key: Path = Path("/var/lib/pinwheel-agent/.ssh/id_ed25519")
     known_hosts: Path = Path("/var/lib/pinwheel-agent/.ssh/known_hosts")
     push_attempts: int = 5         # rsync attempts (with backoff) before the job is handed back
+    ca_bundle: str = ""            # CA bundle for HTTPS indexes (pip --cert); "" = system default
 
     @classmethod
     def load(cls, path: str | Path) -> AgentConfig:
@@ -92,6 +93,7 @@ class AgentConfig:
             ssh_key=Path(p.get("push", "key", fallback=str(cls.ssh_key))),
             known_hosts=Path(p.get("push", "known_hosts", fallback=str(cls.known_hosts))),
             push_attempts=_int(p, "push", "attempts", path, 5),
+            ca_bundle=p.get(s, "ca_bundle", fallback=""),
         )
 
 
@@ -106,6 +108,7 @@ class MasterConfig:
     upstream_url: str = "https://pypi.org/simple/"
     max_wheel_size: int = 1 << 30   # bytes; a larger upload is refused unread
     max_log_size: int = 64 << 20    # bytes of gzipped log
+    ca_bundle: str = ""             # CA bundle for an HTTPS upstream; "" = system default
 
     @classmethod
     def load(cls, path: str | Path) -> MasterConfig:
@@ -121,4 +124,5 @@ class MasterConfig:
             upstream_url=_get(p, s, "upstream_url", path, "https://pypi.org/simple/"),
             max_wheel_size=_int(p, s, "max_wheel_size", path, 1 << 30),
             max_log_size=_int(p, s, "max_log_size", path, 64 << 20),
+            ca_bundle=p.get(s, "ca_bundle", fallback=""),
         )

@@ -55,9 +55,9 @@ def releases_of(proj: upstream.UpstreamProject) -> dict[str, list[upstream.Upstr
 
 
 def add(conn: Any, index_url: str, name: str, version: str | None = None,
-        priority: int = 0) -> AddResult:
+        priority: int = 0, ca_bundle: str = "") -> AddResult:
     """Record ``name`` (one ``version`` or all of them) and queue its builds."""
-    proj = upstream.project(index_url, name)
+    proj = upstream.project(index_url, name, ca_bundle=ca_bundle)
     package = names.normalise(proj.name)
     releases = releases_of(proj)
     if version is not None:

@@ -77,13 +77,14 @@ class Sandbox:
     """Builds one release at a time as ``build_user`` under ``work_dir``."""
 
     def __init__(self, build_user: str, work_dir: Path, python: str, index_url: str,
-                 extra_index_urls: list[str], timeout: int) -> None:
+                 extra_index_urls: list[str], timeout: int, ca_bundle: str = "") -> None:
         self.build_user = build_user
         self.work_dir = work_dir
         self.python = python
         self.index_url = index_url
         self.extra_index_urls = extra_index_urls
         self.timeout = timeout
+        self.ca_bundle = ca_bundle
 
     # ------------------------------------------------------------ commands
 
@@ -99,6 +100,8 @@ class Sandbox:
                "--index-url", self.index_url]
         for url in self.extra_index_urls:
             pip += ["--extra-index-url", url]
+        if self.ca_bundle:
+            pip += ["--cert", self.ca_bundle]
         pip += ["-w", str(tree / "out")]
         return self._as_build_user("/usr/bin/env", "-i", *env, *pip)
 

@@ -7,6 +7,7 @@ PEP 503. Only the standard library is used.
 from __future__ import annotations
 
 import json
+import ssl
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -74,13 +75,14 @@ class _AnchorParser(HTMLParser):
             self._current = None
 
 
-def _fetch(url: str, timeout: float) -> tuple[str, bytes, str]:
+def _fetch(url: str, timeout: float, ca_bundle: str = "") -> tuple[str, bytes, str]:
     if not url.startswith(("http://", "https://")):
         raise UpstreamError(f"{url}: only http and https upstreams are supported")
     req = urllib.request.Request(  # noqa: S310 - http(s) only, checked above
         url, headers={"Accept": ACCEPT, "User-Agent": USER_AGENT})
     try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:  # noqa: S310 - checked above
+        context = ssl.create_default_context(cafile=ca_bundle) if ca_bundle else None
+        with urllib.request.urlopen(req, timeout=timeout, context=context) as resp:  # noqa: S310 - checked above
             body = resp.read(MAX_PAGE + 1)
             if len(body) > MAX_PAGE:
                 raise UpstreamError(f"{url}: page larger than {MAX_PAGE} bytes")
@@ -134,12 +136,13 @@ def parse_html(body: bytes, base_url: str, requested: str) -> UpstreamProject:
     return UpstreamProject(requested, files)
 
 
-def project(index_url: str, name: str, timeout: float = 60.0) -> UpstreamProject:
+def project(index_url: str, name: str, timeout: float = 60.0,
+            ca_bundle: str = "") -> UpstreamProject:
     """The files of one project on the upstream index."""
     if not names.is_valid_name(name):
         raise UpstreamError(f"{name!r} is not a valid project name")
     url = urllib.parse.urljoin(index_url.rstrip("/") + "/", names.normalise(name) + "/")
-    content_type, body, final_url = _fetch(url, timeout)
+    content_type, body, final_url = _fetch(url, timeout, ca_bundle)
     if content_type == JSON_TYPE:
         return parse_json(body, final_url, name)
     if content_type in ("text/html", "application/vnd.pypi.simple.v1+html"):
