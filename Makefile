@@ -32,11 +32,11 @@ $(CACHE)/apt.stamp:
 	fi
 	@touch $@
 
-$(VENV)/.installed: agent/pyproject.toml
+$(VENV)/.installed: agent/pyproject.toml requirements-dev.txt
 	@echo "==> creating $(VENV)"
 	@$(PYTHON) -m venv $(VENV)
 	@$(VENV)/bin/pip install -q --upgrade pip
-	@$(VENV)/bin/pip install -q -e 'agent[test]'
+	@$(VENV)/bin/pip install -q -e 'agent[test]' -r requirements-dev.txt
 	@touch $@
 
 $(SEED)/.fetched: | $(VENV)/.installed
