@@ -21,7 +21,8 @@ from typing import Any
 import pytest
 from test_verify import make_wheel, wheel_bytes
 
-from pinwheel import db, index, ingest
+from harness.ports import free_port
+from pinwheel import db, fsutil, index, ingest
 from pinwheel.config import MasterConfig
 from pinwheel.queue import BuilderQueue, Job, ReportedFile
 from pinwheel.schema import BUILDER_GROUP, MASTER_GROUP
@@ -398,6 +399,31 @@ def test_a_build_locked_by_another_ingest_is_skipped(farm):
     assert farm.ingest() == 1
 
 
+def test_two_ingest_processes_share_the_work_without_collisions(farm):
+    builds = [farm.build([farm.push_wheel(package, f"1.{i}")], package, f"1.{i}")
+              for i in range(8) for package in ("foo", "bar")]
+    conns = [db.connect(farm.cfg.dsn) for _ in range(2)]
+    start = threading.Barrier(2)
+    counts: list[int] = []
+
+    def worker(conn) -> None:
+        start.wait()
+        counts.append(ingest.process_pending(conn, farm.cfg))
+
+    threads = [threading.Thread(target=worker, args=(c,)) for c in conns]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    for c in conns:
+        c.close()
+    assert sum(counts) == len(builds), "every build ingested exactly once"
+    assert farm.admin("SELECT count(*) FROM files WHERE state = 'published'") == [(16,)]
+    for package in ("foo", "bar"):
+        page = (farm.cfg.www_root / "simple" / package / "index.html").read_text()
+        assert page.count("<a href=") == 8, "the last page written lists every file"
+
+
 def test_process_pending_restores_the_connections_autocommit(farm):
     farm.build([farm.push_wheel()])
     farm.ingest()
@@ -452,6 +478,24 @@ def test_serve_ingests_on_notify_survives_a_lost_connection_and_requeues_leases(
     assert not thread.is_alive()
 
 
+def test_serve_keeps_retrying_an_unreachable_database_until_stopped(tmp_path, caplog):
+    cfg = MasterConfig(dsn=f"host=127.0.0.1 port={free_port()} user=x password=x dbname=x",
+                       www_root=tmp_path / "www", incoming_root=tmp_path / "in",
+                       quarantine_root=tmp_path / "q")
+    stop = threading.Event()
+    caplog.set_level("INFO", logger="pinwheel.ingest")
+    thread = threading.Thread(target=ingest.serve, args=(cfg, stop), kwargs={"max_backoff": 0.2})
+    thread.start()
+    try:
+        wait_for(lambda: sum("cannot connect to the database" in r.getMessage()
+                             for r in caplog.records) >= 2, "two failed connection attempts")
+    finally:
+        stop.set()
+        thread.join(30)
+    assert not thread.is_alive()
+    assert any("ingest stopped" in r.getMessage() for r in caplog.records)
+
+
 # ------------------------------------------------------------- index pages
 
 
@@ -481,3 +525,37 @@ def test_new_project_directory_appears_complete_and_readable(farm):
         "no temporary directories are left behind"
     assert oct(os.stat(simple / "foo").st_mode & 0o777) == "0o755"
     assert oct(os.stat(simple / "foo" / "index.html").st_mode & 0o777) == "0o644"
+
+
+# ------------------------------------------------- atomic writes (fsutil)
+
+
+def test_atomic_copy_with_the_wrong_digest_leaves_the_destination_untouched(tmp_path):
+    src = tmp_path / "src.whl"
+    src.write_bytes(b"new bytes")
+    dest = tmp_path / "out" / "dest.whl"
+    dest.parent.mkdir()
+    dest.write_bytes(b"old bytes")
+    with pytest.raises(fsutil.DigestMismatch, match="did the source change"):
+        fsutil.atomic_copy(src, dest, sha256="0" * 64)
+    assert dest.read_bytes() == b"old bytes"
+    assert sorted(p.name for p in dest.parent.iterdir()) == ["dest.whl"], "no temp file left"
+    fd = os.open(src, os.O_RDONLY)
+    try:
+        os.read(fd, 3)  # a descriptor is copied from its start, whatever its offset
+        got = fsutil.atomic_copy(fd, dest, sha256=hashlib.sha256(b"new bytes").hexdigest())
+    finally:
+        os.close(fd)
+    assert dest.read_bytes() == b"new bytes" and got == hashlib.sha256(b"new bytes").hexdigest()
+    assert oct(dest.stat().st_mode & 0o777) == "0o644"
+
+
+def test_atomic_write_replaces_the_file_and_make_dirs_refuses_a_file_in_the_way(tmp_path):
+    target = tmp_path / "a" / "b" / "page.html"
+    fsutil.make_dirs(target.parent)
+    fsutil.atomic_write_text(target, "one")
+    fsutil.atomic_write_text(target, "two")
+    assert target.read_text() == "two"
+    assert oct((tmp_path / "a").stat().st_mode & 0o777) == "0o755"
+    with pytest.raises(NotADirectoryError, match="is not a directory"):
+        fsutil.make_dirs(target)

@@ -18,7 +18,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from packaging.utils import parse_wheel_filename
 
+from harness.upstream import seed_dir
 from pinwheel.verify import Rejected, VerifiedWheel, verify_log, verify_wheel
 
 MAX = 10 << 20
@@ -129,6 +131,34 @@ def test_older_interpreter_and_stable_abi_tags_fit_a_newer_builder(tmp_path, tag
     assert check(tmp_path, name, size, sha).platform_tag == tag.split("-")[2]
 
 
+REAL_WHEELS = sorted([*seed_dir().glob("*.whl"), *Path("/usr/share/python-wheels").glob("*.whl")])
+
+
+@pytest.mark.skipif(not REAL_WHEELS, reason="no real wheels here: run `make test-deps`")
+def test_real_wheels_from_pypi_pass(tmp_path):
+    for wheel in REAL_WHEELS:
+        name, version, _, _ = parse_wheel_filename(wheel.name)
+        data = wheel.read_bytes()
+        (tmp_path / wheel.name).write_bytes(data)
+        got = check(tmp_path, wheel.name, len(data), hashlib.sha256(data).hexdigest(),
+                    package=name, version=str(version), max_size=1 << 30)
+        assert got.metadata_bytes.startswith(b"Metadata-Version: ")
+
+
+def test_record_hash_written_in_hex_is_checked_too(tmp_path):
+    def hexify(rows: Rows) -> None:
+        rows[0][1] = "sha256=" + hashlib.sha256(b"VALUE = 1\n").hexdigest()
+
+    name, size, sha = make_wheel(tmp_path, tamper_record=hexify)
+    assert check(tmp_path, name, size, sha).sha256 == sha
+
+    def wrong_hex(rows: Rows) -> None:
+        rows[0][1] = "sha256=" + hashlib.sha256(b"other").hexdigest()
+
+    name, size, sha = make_wheel(tmp_path, tamper_record=wrong_hex)
+    assert "does not match its RECORD hash" in rejected(tmp_path, name, size, sha)
+
+
 # -------------------------------------------------------- the file on disk
 
 
@@ -158,6 +188,15 @@ def test_symlink_to_a_secret_is_refused(tmp_path):
     (tmp_path / "shadow").write_text("root:secret\n")
     (tmp_path / "foo-1.0-py3-none-any.whl").symlink_to(tmp_path / "shadow")
     assert "symlink" in rejected(tmp_path, "foo-1.0-py3-none-any.whl", 12, "0" * 64)
+
+
+def test_hard_link_is_refused(tmp_path):
+    elsewhere = tmp_path / "elsewhere"
+    name, size, sha = make_wheel(elsewhere)
+    incoming = tmp_path / "incoming"
+    incoming.mkdir()
+    os.link(elsewhere / name, incoming / name)
+    assert "2 hard links" in rejected(incoming, name, size, sha)
 
 
 def test_directory_and_fifo_are_refused(tmp_path):

@@ -23,6 +23,7 @@ import os
 import re
 import shutil
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Union
@@ -33,6 +34,12 @@ from packaging.version import InvalidVersion, Version
 from . import fsutil
 
 PACKAGE_RE = re.compile(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$")
+# Advisory lock classes (the second key is hashtext(package), or 0 for the root).
+# Ingest holds PROJECT_LOCK while it publishes a project's files, and the
+# writers below hold it while they read the table and write the page, so a
+# page rendered from an older snapshot can never overwrite a newer one.
+PROJECT_LOCK = 0x70776970  # "pwip"
+ROOT_LOCK = 0x70777274     # "pwrt"
 REPOSITORY_VERSION = "1.0"
 INDEX_FILE = "index.html"
 
@@ -160,28 +167,48 @@ def _write_new_dir(parent: Path, name: str, filename: str, data: bytes) -> bool:
             shutil.rmtree(tmp)
 
 
+@contextlib.contextmanager
+def _locked(conn: Any, lock_class: int, key: str | None) -> Iterator[None]:
+    """Hold a session-level advisory lock (released on disconnect too)."""
+    args = "%s, hashtext(%s)" if key is not None else "%s, 0"
+    params = (lock_class, key) if key is not None else (lock_class,)
+    with conn.cursor() as cur:
+        cur.execute(f"SELECT pg_advisory_lock({args})", params)
+    try:
+        yield
+    finally:
+        if not conn.closed:
+            with conn.cursor() as cur:
+                cur.execute(f"SELECT pg_advisory_unlock({args})", params)
+
+
 def write_project(conn: Any, www_root: Path, package: str) -> None:
-    """(Re)write ``simple/<package>/index.html`` from the project's published files."""
+    """(Re)write ``simple/<package>/index.html`` from the project's published files.
+
+    Run it after the transaction that changed the project's files committed.
+    """
     check_package(package)
-    data = render_project(package, published_files(conn, package)).encode("utf-8")
     simple = Path(www_root) / "simple"
     fsutil.make_dirs(simple)
     project_dir = simple / package
-    if not project_dir.is_dir() and _write_new_dir(simple, package, INDEX_FILE, data):
-        return
-    fsutil.atomic_write_bytes(project_dir / INDEX_FILE, data)
+    with _locked(conn, PROJECT_LOCK, package):
+        data = render_project(package, published_files(conn, package)).encode("utf-8")
+        if not project_dir.is_dir() and _write_new_dir(simple, package, INDEX_FILE, data):
+            return
+        fsutil.atomic_write_bytes(project_dir / INDEX_FILE, data)
 
 
 def write_root(conn: Any, www_root: Path) -> bool:
     """Rewrite ``simple/index.html`` if the set of projects changed; True if rewritten."""
-    data = render_root(published_packages(conn)).encode("utf-8")
     simple = Path(www_root) / "simple"
     path = simple / INDEX_FILE
-    try:
-        if path.read_bytes() == data:
-            return False
-    except FileNotFoundError:
-        pass
-    fsutil.make_dirs(simple)
-    fsutil.atomic_write_bytes(path, data)
+    with _locked(conn, ROOT_LOCK, None):
+        data = render_root(published_packages(conn)).encode("utf-8")
+        try:
+            if path.read_bytes() == data:
+                return False
+        except FileNotFoundError:
+            pass
+        fsutil.make_dirs(simple)
+        fsutil.atomic_write_bytes(path, data)
     return True

@@ -27,6 +27,7 @@ import errno
 import logging
 import os
 import random
+import re
 import select
 import stat
 import threading
@@ -56,8 +57,6 @@ log = logging.getLogger("pinwheel.ingest")
 
 INGEST_CHANNEL = "pinwheel_ingest"
 MAX_REASON = 2000
-# Serialises publishing per project across ingest processes (with hashtext(package)).
-_PUBLISH_LOCK_CLASS = 0x70776970  # "pwip"
 
 _NEXT_BUILD = """
     SELECT b.build_id, b.package, b.version, b.abi, b.builder, b.status,
@@ -93,6 +92,7 @@ class IngestState:
     failed_builds: set[int] = field(default_factory=set)   # skipped until restart
     dirty_projects: set[str] = field(default_factory=set)  # index pages still to write
     root_dirty: bool = True                                # check the root page once
+    cycles: int = 0                                        # rounds of work done by serve
 
 
 @dataclass
@@ -178,7 +178,7 @@ def _move_to_quarantine(src_dir: Path, filename: str, dest: Path) -> None:
         os.unlink(src)
 
 
-def _safe_name(filename: str, pattern: Any, kind: str) -> bool:
+def _safe_name(filename: str, pattern: re.Pattern[str], kind: str) -> bool:
     try:
         check_name(filename, pattern, kind)
     except Rejected:
@@ -236,9 +236,14 @@ def _mark_published(cur: Any, file_id: int, build: PendingBuild, wheel: Verified
          wheel.requires_python, wheel.metadata_sha256, file_id))
 
 
+def _clean(reason: str) -> str:
+    """A reason PostgreSQL can store (no NUL) and a log can show, of bounded length."""
+    return reason.replace("\x00", "\\x00")[:MAX_REASON]
+
+
 def _quarantine_file(cur: Any, cfg: MasterConfig, build: PendingBuild, file_id: int,
                      filename: str, reason: str, outcome: _Outcome, keep: bool = True) -> None:
-    reason = reason[:MAX_REASON]
+    reason = _clean(reason)
     cur.execute("UPDATE files SET state = 'quarantined', reason = %s WHERE file_id = %s",
                 (reason, file_id))
     log.warning("quarantined: builder %s, build %s, file %r: %s",
@@ -320,7 +325,7 @@ def _ingest_log(cur: Any, cfg: MasterConfig, build: PendingBuild, outcome: _Outc
             raise Rejected(_builder_problem(build) or "no incoming directory")
         st = _publish_log(cfg, src_dir, build, name)
     except Rejected as exc:
-        reason = exc.reason[:MAX_REASON]
+        reason = _clean(exc.reason)
         cur.execute("UPDATE builds SET log_reason = %s WHERE build_id = %s",
                     (reason, build.build_id))
         log.warning("refused log: builder %s, build %s, file %r: %s",
@@ -340,8 +345,10 @@ def _ingest_log(cur: Any, cfg: MasterConfig, build: PendingBuild, outcome: _Outc
 
 def _ingest_build(cur: Any, cfg: MasterConfig, build: PendingBuild) -> _Outcome:
     outcome = _Outcome()
+    # One publisher per project at a time (and no index page rendered meanwhile):
+    # the check for an already published file name and the publish are atomic.
     cur.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s))",
-                (_PUBLISH_LOCK_CLASS, build.package))
+                (index.PROJECT_LOCK, build.package))
     cur.execute("SELECT NOT EXISTS (SELECT 1 FROM files WHERE package = %s "
                 "AND state = 'published')", (build.package,))
     first_files = cur.fetchone()[0]
@@ -398,10 +405,17 @@ def _one_build(conn: Any, cfg: MasterConfig, state: IngestState) -> PendingBuild
 
 
 def _write_indexes(conn: Any, cfg: MasterConfig, state: IngestState) -> None:
+    """Write the pages of projects that changed (and the root page if needed).
+
+    A page that could not be written stays in ``state`` and is retried after
+    the next build (or the next run).
+    """
     for package in sorted(state.dirty_projects):
         try:
             index.write_project(conn, cfg.www_root, package)
-        except (OSError, ValueError):
+        except ValueError:
+            log.exception("cannot write an index page for %r", package)
+        except OSError:
             log.exception("could not write the index page of %s; will retry", package)
             continue
         state.dirty_projects.discard(package)
@@ -415,19 +429,34 @@ def _write_indexes(conn: Any, cfg: MasterConfig, state: IngestState) -> None:
         state.root_dirty = False
 
 
+def _in_autocommit(conn: Any, action: Callable[[], None]) -> None:
+    """Run ``action`` with the connection in autocommit mode, then restore the mode."""
+    was = conn.autocommit
+    conn.autocommit = True
+    try:
+        action()
+    finally:
+        if not conn.closed:
+            conn.autocommit = was
+
+
 def process_pending(conn: Any, cfg: MasterConfig, state: IngestState | None = None) -> int:
     """Ingest every pending build; return how many were ingested.
 
-    A build that fails unexpectedly is logged, rolled back and skipped for
-    the rest of this process's life (``state.failed_builds``). Raises
-    ``db.DatabaseUnavailable`` when the connection is lost.
+    Each build is one transaction; after it commits, its project's index
+    page (and the root page, for a new project) is rewritten. A build that
+    fails unexpectedly is logged, rolled back and skipped for the rest of
+    this process's life (``state.failed_builds``). Raises
+    ``db.DatabaseUnavailable`` when the connection is lost. The connection's
+    autocommit setting is restored on return.
     """
     state = state if state is not None else IngestState()
     was_autocommit = conn.autocommit
-    conn.autocommit = False
     done = 0
     try:
         while True:
+            _in_autocommit(conn, lambda: _write_indexes(conn, cfg, state))
+            conn.autocommit = False
             build = _one_build(conn, cfg, state)
             if build is None:
                 break
@@ -438,18 +467,7 @@ def process_pending(conn: Any, cfg: MasterConfig, state: IngestState | None = No
             with contextlib.suppress(psycopg2.Error):
                 conn.rollback()
                 conn.autocommit = was_autocommit
-    _with_autocommit(conn, lambda: _write_indexes(conn, cfg, state))
     return done
-
-
-def _with_autocommit(conn: Any, action: Callable[[], None]) -> None:
-    was = conn.autocommit
-    conn.autocommit = True
-    try:
-        action()
-    finally:
-        if not conn.closed:
-            conn.autocommit = was
 
 
 # ------------------------------------------------------------------- serve
@@ -491,39 +509,54 @@ def _run(conn: Any, cfg: MasterConfig, stop: threading.Event, poll_seconds: floa
             next_janitor = time.monotonic() + janitor_seconds
         conn.notifies.clear()
         n = process_pending(conn, cfg, state)
+        state.cycles += 1
         if n:
             log.info("ingested %d build(s)", n)
         _wait_for_notify(conn, stop, poll_seconds)
 
 
+def _session(cfg: MasterConfig, stop: threading.Event, poll_seconds: float,
+             janitor_seconds: float, state: IngestState) -> None:
+    """Connect and ingest until ``stop`` is set or the connection fails."""
+    try:
+        conn = db.connect(cfg.dsn, application_name="pinwheel-ingest")
+    except db.DatabaseUnavailable as exc:
+        log.warning("%s", exc)
+        return
+    log.info("connected; listening on %s", INGEST_CHANNEL)
+    try:
+        _run(conn, cfg, stop, poll_seconds, janitor_seconds, state)
+    except (db.DatabaseUnavailable, psycopg2.OperationalError, psycopg2.InterfaceError) as exc:
+        log.warning("lost the database: %s", str(exc).strip())
+    except Exception:
+        log.exception("unexpected error in the ingest loop")
+    finally:
+        with contextlib.suppress(psycopg2.Error):
+            conn.close()
+
+
 def serve(cfg: MasterConfig, stop: threading.Event | None = None, poll_seconds: float = 30,
           janitor_seconds: float = 60, max_backoff: float = 60) -> None:
-    """Run the ingest service until ``stop`` is set (forever without one)."""
+    """Run the ingest service until ``stop`` is set (forever without one).
+
+    Ingests at start, on every ``pinwheel_ingest`` NOTIFY and at least every
+    ``poll_seconds``; returns expired leases to the queue every
+    ``janitor_seconds``. When the database goes away it reconnects, waiting
+    an exponential backoff (with jitter, at most ``max_backoff`` seconds)
+    that resets once a connection has completed a round of work.
+    """
     stop = stop if stop is not None else threading.Event()
     state = IngestState()
     backoff = 1.0
     while not stop.is_set():
-        try:
-            conn = db.connect(cfg.dsn, application_name="pinwheel-ingest")
-        except db.DatabaseUnavailable as exc:
-            log.warning("%s; retrying in about %.0f s", exc, backoff)
-        else:
-            log.info("connected; listening on %s", INGEST_CHANNEL)
-            backoff = 1.0
-            try:
-                _run(conn, cfg, stop, poll_seconds, janitor_seconds, state)
-            except (db.DatabaseUnavailable, psycopg2.OperationalError,
-                    psycopg2.InterfaceError) as exc:
-                log.warning("lost the database: %s; reconnecting", str(exc).strip())
-            except Exception:
-                log.exception("unexpected error in the ingest loop; reconnecting")
-            finally:
-                with contextlib.suppress(psycopg2.Error):
-                    conn.close()
+        cycles = state.cycles
+        _session(cfg, stop, poll_seconds, janitor_seconds, state)
         if stop.is_set():
             break
-        stop.wait(backoff * random.uniform(0.5, 1.5))  # noqa: S311 - jitter, not crypto
-        backoff = min(backoff * 2, max_backoff)
+        backoff = 1.0 if state.cycles > cycles else min(backoff * 2, max_backoff)
+        delay = backoff * random.uniform(0.5, 1.5)  # noqa: S311 - jitter, not crypto
+        log.info("reconnecting in %.1f s", delay)
+        stop.wait(delay)
     log.info("ingest stopped")
 
 

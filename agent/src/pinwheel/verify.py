@@ -104,7 +104,8 @@ def check_name(filename: str, pattern: re.Pattern[str], kind: str) -> None:
 def open_regular(path_dir: Path, filename: str) -> tuple[int, os.stat_result]:
     """Open ``path_dir/filename`` read-only without following symlinks.
 
-    Returns the descriptor and its fstat; refuses anything but a regular file.
+    Returns the descriptor and its fstat; refuses anything but a regular file
+    with a single link.
     ``filename`` must already have passed ``check_name``. O_NONBLOCK keeps a
     FIFO planted by a builder from blocking the open.
     """
@@ -130,6 +131,10 @@ def open_regular(path_dir: Path, filename: str) -> tuple[int, os.stat_result]:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             raise Rejected(f"{filename} is not a regular file ({_file_kind(st.st_mode)})")
+        if st.st_nlink != 1:
+            # rsync never hard-links what it receives; a link may point at a file
+            # outside the incoming directory that the master can read.
+            raise Rejected(f"{filename} has {st.st_nlink} hard links (expected 1)")
     except BaseException:
         os.close(fd)
         raise
@@ -399,7 +404,8 @@ def _parse_record(filename: str, data: bytes, record: str) -> dict[str, tuple[st
     return entries
 
 
-def _member_digest(zf: zipfile.ZipFile, info: zipfile.ZipInfo, algorithm: str) -> str:
+def _member_digests(zf: zipfile.ZipFile, info: zipfile.ZipInfo, algorithm: str) -> set[str]:
+    """The member's digest, urlsafe-base64 (as the spec says) and hex (as some tools write)."""
     digest = hashlib.new(algorithm)
     with zf.open(info) as fh:
         while True:
@@ -407,7 +413,8 @@ def _member_digest(zf: zipfile.ZipFile, info: zipfile.ZipInfo, algorithm: str) -
             if not chunk:
                 break
             digest.update(chunk)
-    return base64.urlsafe_b64encode(digest.digest()).rstrip(b"=").decode("ascii")
+    b64 = base64.urlsafe_b64encode(digest.digest()).rstrip(b"=").decode("ascii")
+    return {b64, digest.hexdigest()}
 
 
 def _check_record_entry(filename: str, zf: zipfile.ZipFile, info: zipfile.ZipInfo,
@@ -422,7 +429,7 @@ def _check_record_entry(filename: str, zf: zipfile.ZipFile, info: zipfile.ZipInf
     if size and size != str(info.file_size):
         raise Rejected(f"{filename}: RECORD says {member!r} is {size[:30]} bytes, "
                        f"it is {info.file_size}")
-    if _member_digest(zf, info, algorithm) != expected.rstrip("="):
+    if expected.rstrip("=") not in _member_digests(zf, info, algorithm):
         raise Rejected(f"{filename}: {member!r} does not match its RECORD hash")
 
 
