@@ -80,8 +80,16 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     cfg = MasterConfig.load(args.config)
     if args.once:
         conn = db.connect(cfg.dsn, application_name="pinwheel-ingest")
-        n = ingest.process_pending(conn, cfg)
+        try:
+            n = ingest.process_pending(conn, cfg)
+            left = db.call(conn, "SELECT count(*) FROM builds WHERE ingest_state = 'pending'")
+        finally:
+            conn.close()
         print(f"ingested {n} build(s)")
+        if left[0][0]:
+            print(f"pinwheel: error: {left[0][0]} build(s) still pending: see the log above",
+                  file=sys.stderr)
+            return 1
         return 0
     ingest.serve(cfg)
     return 0
