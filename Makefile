@@ -56,9 +56,15 @@ test-python: test-deps
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check agent tests bench
 
-# --- benchmarks
-bench: test-deps
-	$(VENV)/bin/python bench/queue_bench.py
+# --- benchmarks (pgqueuer and its driver live in their own venv)
+BENCH_VENV := $(CACHE)/bench-venv
+$(BENCH_VENV)/.installed: bench/requirements.txt agent/pyproject.toml
+	@$(PYTHON) -m venv $(BENCH_VENV)
+	@$(BENCH_VENV)/bin/pip install -q -e ./agent -r bench/requirements.txt
+	@touch $@
+
+bench: $(CACHE)/apt.stamp $(BENCH_VENV)/.installed
+	$(BENCH_VENV)/bin/python bench/queue_bench.py
 
 # --- the local farm
 farm farm-down:

@@ -61,8 +61,8 @@ def applied_versions(cur: Any) -> set[int]:
     return {row[0] for row in cur.fetchall()}
 
 
-def upgrade(conn: Any) -> list[Migration]:
-    """Apply every pending migration; return those applied (empty when current).
+def upgrade(conn: Any, target: int | None = None) -> list[Migration]:
+    """Apply pending migrations (up to ``target``, default all); return those applied.
 
     ``conn`` must belong to a role that can create roles and SET ROLE to the
     owner (the PostgreSQL superuser, in practice).
@@ -89,6 +89,8 @@ def upgrade(conn: Any) -> list[Migration]:
             )""")
         conn.commit()
     for mig in migrations():
+        if target is not None and mig.version > target:
+            break
         with conn.cursor() as cur:
             cur.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_KEY,))
             if mig.version in applied_versions(cur):

@@ -1,0 +1,48 @@
+"""Schema migrations: idempotent, and an upgraded database equals a fresh one."""
+
+from __future__ import annotations
+
+import subprocess
+
+from pinwheel import schema
+
+
+def dump_schema(pg, dbname: str) -> str:
+    out = subprocess.run([str(pg.bindir / "pg_dump"), "--schema-only", "--schema=pinwheel",
+                          "-h", str(pg.socket_dir), "-p", str(pg.port), "-U", "postgres",
+                          dbname], check=True, capture_output=True, text=True).stdout
+    # Comments and pg_dump's per-run \restrict key differ between any two dumps.
+    return "\n".join(line for line in out.splitlines()
+                     if not line.startswith(("--", "\\restrict", "\\unrestrict")))
+
+
+def test_upgrade_twice_applies_nothing_the_second_time(pg, database):
+    conn = pg.admin(database)
+    assert schema.upgrade(conn) == []
+    conn.close()
+
+
+def test_database_upgraded_step_by_step_equals_a_fresh_one(pg):
+    for name in ("pinwheel_fresh", "pinwheel_stepwise"):
+        pg.drop_database(name)
+        conn = pg.admin()
+        with conn.cursor() as cur:
+            cur.execute(f"CREATE DATABASE {name}")
+        conn.close()
+    fresh = pg.admin("pinwheel_fresh")
+    assert [m.version for m in schema.upgrade(fresh)] == [m.version for m in schema.migrations()]
+    fresh.close()
+    stepwise = pg.admin("pinwheel_stepwise")
+    first = schema.upgrade(stepwise, target=1)
+    assert [m.version for m in first] == [1]
+    rest = schema.upgrade(stepwise)
+    assert [m.version for m in rest] == [m.version for m in schema.migrations()][1:]
+    stepwise.close()
+    assert dump_schema(pg, "pinwheel_stepwise") == dump_schema(pg, "pinwheel_fresh")
+    for name in ("pinwheel_fresh", "pinwheel_stepwise"):
+        pg.drop_database(name)
+
+
+def test_migrations_are_numbered_without_gaps():
+    versions = [m.version for m in schema.migrations()]
+    assert versions == list(range(1, len(versions) + 1))
