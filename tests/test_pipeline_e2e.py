@@ -25,6 +25,7 @@ from harness.agents import (
     world_readable_tempdir,
     write_agent_config,
 )
+from harness.templates import write_role_template
 from harness.users import AgentUsers, ensure_agent_users
 from pinwheel.schema import BUILDER_GROUP, MASTER_GROUP
 
@@ -75,16 +76,18 @@ def farm(pg, pg_template, upstream, sshd_master, nginx_master) -> Iterator[Farm]
     pg.drop_database(database)
     pg.create_database(database, template=pg_template)
     place = world_readable_tempdir("pinwheel-e2e-")
-    master_dsn = pg.create_login(database, "e2e_master", MASTER_GROUP, "master-pw")
-    master_conf = place / "master.conf"
-    master_conf.write_text(f"""[master]
-dsn = {master_dsn}
-www_root = {nginx_master.www_root}
-incoming_root = {sshd_master.incoming_root}
-quarantine_root = {place / 'quarantine'}
-upstream_url = {upstream.url}
-""")
-    master_conf.chmod(0o600)
+    pg.create_login(database, "e2e_master", MASTER_GROUP, "master-pw")
+    # The master role's own template, as it installs /etc/pinwheel/master.conf.
+    master_conf = write_role_template(
+        place / "master.conf", "master", "master.conf.j2", mode=0o600,
+        master_database_host="127.0.0.1", master_database_port=pg.port,
+        master_database_name=database, master_database_user="e2e_master",
+        master_database_password="master-pw", master_database_sslmode="disable",
+        master_www_root=str(nginx_master.www_root),
+        master_incoming_root=str(sshd_master.incoming_root),
+        master_quarantine_root=str(place / "quarantine"),
+        master_upstream_url=upstream.url, master_ca_bundle="",
+        master_max_wheel_size=1 << 30, master_max_log_size=64 << 20)
     ensure_agent_users(list(BUILDERS.values()))
     venv = make_agent_venv()
     agents = []

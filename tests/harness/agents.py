@@ -2,7 +2,9 @@
 
 The agent runs as its own unprivileged user from a venv made with the host's
 system Python (``--system-site-packages``, so Debian's python3-psycopg2 is
-used), as the builder role installs it; builds run as a second user.
+used), as the builder role installs it; builds run as a second user. Its
+``agent.conf`` is rendered from the role's own template
+(``roles/builder/templates/agent.conf.j2``).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from .templates import render_role_template
 from .users import AgentUsers
 
 REPO = Path(__file__).resolve().parents[2]
@@ -84,32 +87,54 @@ class AgentProcess:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
 
 
+def parse_dsn(dsn: str) -> dict[str, str]:
+    """``key=value ...`` (the harness's own DSNs: no quoting) as a dict."""
+    fields = dict(item.split("=", 1) for item in dsn.split())
+    unknown = set(fields) - {"host", "port", "dbname", "user", "password", "sslmode"}
+    if unknown:
+        raise ValueError(f"the agent.conf template has no place for {sorted(unknown)} in {dsn!r}")
+    return fields
+
+
 def write_agent_config(path: Path, *, dsn: str, build_user: str, work_dir: Path, index_url: str,
                        extra_index_urls: list[str], push_port: int, push_user: str,
                        key: Path, known_hosts: Path, owner: str,
                        build_timeout: int = 600) -> None:
-    path.write_text(f"""[agent]
-dsn = {dsn}
-build_user = {build_user}
-work_dir = {work_dir}
-index_url = {index_url}
-extra_index_urls = {' '.join(extra_index_urls)}
-python = {SYSTEM_PYTHON}
-build_timeout = {build_timeout}
-lease_seconds = 120
-heartbeat_seconds = 5
-poll_seconds = 10
+    """Write ``agent.conf`` from the builder role's template, as the role installs it.
 
-[push]
-host = 127.0.0.1
-port = {push_port}
-user = {push_user}
-key = {key}
-known_hosts = {known_hosts}
-attempts = 3
-""", encoding="utf-8")
-    shutil.chown(path, owner)
-    path.chmod(0o600)
+    Owned by root and the agent's group, mode 0640, as the role leaves it. The
+    DSN's fields become the role's variables (the template puts them back
+    together, quoted), so the test agents read what a provisioned builder reads.
+    """
+    db = parse_dsn(dsn)
+    text = render_role_template(
+        "builder", "agent.conf.j2",
+        builder_name=db["user"],
+        builder_database_host=db["host"],
+        builder_database_port=db["port"],
+        builder_database_name=db["dbname"],
+        builder_database_password=db["password"],
+        builder_database_sslmode=db.get("sslmode", "prefer"),
+        builder_build_user=build_user,
+        builder_work_dir=str(work_dir),
+        builder_index_url=index_url,
+        builder_extra_index_urls=extra_index_urls,
+        builder_ca_bundle="",
+        builder_python=SYSTEM_PYTHON,
+        builder_build_timeout=build_timeout,
+        builder_lease_seconds=120,
+        builder_heartbeat_seconds=5,
+        builder_poll_seconds=10,
+        builder_master_host="127.0.0.1",
+        builder_master_ssh_port=push_port,
+        builder_master_upload_user=push_user,
+        builder_ssh_key=str(key),
+        builder_known_hosts=str(known_hosts),
+        builder_push_attempts=3,
+    )
+    path.write_text(text, encoding="utf-8")
+    shutil.chown(path, "root", pwd.getpwnam(owner).pw_gid)
+    path.chmod(0o640)
     work_dir.mkdir(parents=True, exist_ok=True)
     shutil.chown(work_dir, owner)
 

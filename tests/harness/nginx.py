@@ -17,34 +17,14 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
-
-import jinja2
 
 from .ports import free_port
+from .templates import render_role_template
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-ROLE_TEMPLATES = REPO_ROOT / "roles" / "master" / "templates"
 NGINX = "/usr/sbin/nginx"
 WORKER_USER = "www-data"
 WWW_SUBDIRS = ("simple", "packages", "logs")
 TEMP_PATHS = ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
-
-
-def render_role_template(name: str, **variables: Any) -> str:
-    """Render a template of the master role as Ansible's ``template`` module would.
-
-    Ansible renders with ``trim_blocks`` on; undefined variables are errors here
-    so a template and the harness cannot drift apart silently.
-    """
-    env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(str(ROLE_TEMPLATES)),
-        undefined=jinja2.StrictUndefined,
-        trim_blocks=True,
-        keep_trailing_newline=True,
-        autoescape=False,  # config files, not HTML
-    )
-    return env.get_template(name).render(**variables)
 
 
 def wait_listening(proc: subprocess.Popen[bytes], port: int, what: str,
@@ -102,10 +82,10 @@ class NginxServer:
         (self.base / "temp").mkdir(exist_ok=True)
         site = self.base / "site.conf"
         site.write_text(render_role_template(
-            "nginx-site.conf.j2",
-            pinwheel_master_http_port=self.port,
-            pinwheel_master_http_address="127.0.0.1",
-            pinwheel_master_www_root=str(self.www_root),
+            "master", "nginx-site.conf.j2",
+            master_http_port=self.port,
+            master_http_address="127.0.0.1",
+            master_www_root=str(self.www_root),
         ))
         self.conf.write_text(_main_conf(self.base, site))
 

@@ -4,11 +4,12 @@ Each builder's key appears in an authorized_keys file rendered from the role's
 template ``roles/master/templates/authorized_keys.j2``::
 
     # builder <name>
-    restrict,command="/usr/bin/rrsync -wo <incoming_root>/<name>" \\
+    restrict,from="127.0.0.1",command="/usr/bin/rrsync -wo <incoming_root>/<name>" \\
         ssh-ed25519 AAAA... pinwheel-builder:<name>      (one line)
 
 so the key can only *write* (``-wo``) below its own ``incoming/<name>/``: no
-shell, no reading back, no forwarding, no other directory.
+shell, no reading back, no forwarding, no other directory, and only from the
+builder's address (here loopback; the role binds each key to its builder's).
 
 How a builder pushes (see :meth:`SshdMaster.rsync_command`)::
 
@@ -52,8 +53,9 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from .nginx import render_role_template, wait_listening
+from .nginx import wait_listening
 from .ports import free_port
+from .templates import render_role_template
 
 SSHD = "/usr/sbin/sshd"
 UPLOAD_USER = "pwtest-upload"
@@ -167,10 +169,10 @@ class SshdMaster:
 
     def _render_authorized_keys(self) -> None:
         text = render_role_template(
-            "authorized_keys.j2",
-            pinwheel_master_incoming_root=str(self.incoming_root),
-            pinwheel_master_builder_keys=[
-                {"name": key.name, "public_key": key.public_key}
+            "master", "authorized_keys.j2",
+            master_incoming_root=str(self.incoming_root),
+            master_builder_keys=[
+                {"name": key.name, "public_key": key.public_key, "address": HOST}
                 for key in self.builders.values()],
         )
         tmp = self.authorized_keys.with_suffix(".tmp")

@@ -1,8 +1,9 @@
 """System users for the agent and its build user, as the builder role creates them.
 
 Each test agent gets its own agent user and its own build user, and a sudoers
-rule letting the agent run commands as the build user only: the same rule the
-builder role installs (roles/builder/templates/sudoers.j2 once it exists).
+rule letting the agent run commands as the build user only: the rule the
+builder role installs, rendered from its template
+(``roles/builder/templates/sudoers.j2``), one rendering per pair in one file.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ import pwd
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
+
+from .templates import render_role_template
 
 SUDOERS = Path("/etc/sudoers.d/pinwheel-tests")
 
@@ -34,9 +37,14 @@ def ensure_agent_users(pairs: list[AgentUsers]) -> None:
     for pair in pairs:
         ensure_user(pair.agent)
         ensure_user(pair.build)
-    rules = "".join(f"{p.agent} ALL=({p.build}) NOPASSWD: ALL\n" for p in pairs)
+    rules = "\n".join(
+        render_role_template("builder", "sudoers.j2", builder_agent_user=p.agent,
+                             builder_build_user=p.build,
+                             ansible_managed="Written by Pinwheel's test harness")
+        for p in pairs)
+    # A name with a dot: sudo skips it while it is being written and checked.
     tmp = SUDOERS.with_name(".pinwheel-tests.tmp")
-    tmp.write_text("# Written by Pinwheel's test harness\n" + rules, encoding="utf-8")
+    tmp.write_text(rules, encoding="utf-8")
     tmp.chmod(0o440)
     subprocess.run(["visudo", "-cq", "-f", str(tmp)], check=True)
     tmp.replace(SUDOERS)

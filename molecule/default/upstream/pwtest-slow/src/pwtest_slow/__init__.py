@@ -1,0 +1,3 @@
+"""Pinwheel fleet test package: pure Python, slow to build."""
+
+VALUE = "slow"
