@@ -1,9 +1,10 @@
 # Pinwheel: the only entry points a newcomer needs.
 #   make test         every test (installs what it needs first)
 #   make test-python  unit and integration tests on real services
-#   make lint         ruff (ansible-lint and yamllint join with the roles)
+#   make lint         ruff, yamllint, ansible-lint (production profile)
 #   make bench        side-by-side benchmarks, written to docs/benchmarks.md
-#   make farm         a complete local farm (arrives with the Ansible roles)
+#   make farm         a complete local farm in podman (make farm-down removes it)
+#   make test-fleet   the molecule scenario: six hosts, converge, idempotence, verify
 
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
@@ -54,7 +55,9 @@ test-python: test-deps
 	$(VENV)/bin/python -m pytest
 
 lint: $(VENV)/.installed
-	$(VENV)/bin/ruff check agent tests bench
+	$(VENV)/bin/ruff check agent tests bench scripts
+	PATH="$(abspath $(VENV))/bin:$$PATH" $(VENV)/bin/yamllint --strict .
+	PATH="$(abspath $(VENV))/bin:$$PATH" $(VENV)/bin/ansible-lint --profile production
 
 # --- benchmarks (pgqueuer and its driver live in their own venv)
 BENCH_VENV := $(CACHE)/bench-venv
@@ -66,11 +69,8 @@ $(BENCH_VENV)/.installed: bench/requirements.txt agent/pyproject.toml
 bench: $(CACHE)/apt.stamp $(BENCH_VENV)/.installed
 	$(BENCH_VENV)/bin/python bench/queue_bench.py
 
-# --- the local farm
-farm farm-down:
-	@echo "make $@: the podman farm provisioned by the Ansible roles is not built yet (issue 3)." >&2
-	@echo "Until then, 'make test' runs the whole pipeline on real services on loopback." >&2
-	@exit 1
+# --- the podman fleet: images, the local farm, the molecule scenario (docs/farm.md)
+include mk/fleet.mk
 
 clean:
 	rm -rf $(VENV) $(CACHE) .pytest_cache .ruff_cache
