@@ -14,8 +14,11 @@
 # FARM_TIMEOUT (docs/farm.md); FLEET_DESTROY=never keeps the molecule
 # containers after `make test-fleet` (default: always destroyed).
 
-FLEET_APT_PACKAGES := podman runc debootstrap qemu-user-static binfmt-support \
-	ca-certificates uidmap slirp4netns
+# podman with runc (crun fails here), netavark and aardvark-dns (containers on
+# a podman network resolve each other by name), iptables for its NAT;
+# debootstrap for the images; qemu-user-static and binfmt-support for armhf.
+FLEET_APT_PACKAGES := podman runc netavark aardvark-dns iptables catatonit \
+	debootstrap qemu-user-static binfmt-support ca-certificates
 FLEET_IMAGES := bookworm-amd64 bullseye-amd64 trixie-amd64 bookworm-armhf
 FLEET_DESTROY ?= always
 UPSTREAM ?=
@@ -42,6 +45,15 @@ $(CACHE)/fleet-apt.stamp:
 
 fleet-deps: $(CACHE)/fleet-apt.stamp $(VENV)/.installed
 
+# The fleet's bullseye builder runs Python 3.9, which the newest setuptools no
+# longer supports: the tests' upstream also serves the newest setuptools and
+# wheel that still do (pip picks, for each builder, the newest it can use).
+$(SEED)/.fetched-py39: $(SEED)/.fetched
+	@echo "==> fetching setuptools and wheel for Python 3.9 (the fleet's bullseye builder)"
+	@$(VENV)/bin/pip download -q --only-binary :all: --no-deps --python-version 3.9 \
+	  -d $(SEED) setuptools wheel
+	@touch $@
+
 images: fleet-deps
 	@$(FLEET_ENV) scripts/build-image.sh $(FLEET_IMAGES)
 
@@ -56,7 +68,7 @@ farm-down: $(CACHE)/fleet-apt.stamp
 farm-status: fleet-deps
 	@$(FLEET_ENV) $(VENV)/bin/python scripts/farm.py status
 
-test-fleet: images $(SEED)/.fetched
+test-fleet: images $(SEED)/.fetched-py39
 	@echo "==> molecule test (scenario molecule/default: six hosts)"
 	@time $(FLEET_ENV) PINWHEEL_SEED_DIR="$(abspath $(SEED))" \
 	  $(VENV)/bin/molecule test --scenario-name default --destroy $(FLEET_DESTROY)

@@ -77,9 +77,16 @@ check_prerequisites() {
 
 # Foreign architectures run through qemu-user-static's binfmt handlers. On a
 # host whose PID 1 is not systemd nobody mounts binfmt_misc or enables the
-# handlers that binfmt-support registered: do both (this changes no file).
+# handlers that binfmt-support registered: do both. Debian registers them
+# without the C (credentials) flag, so setuid programs in an emulated
+# container run without their privileges: `sudo` there says "effective uid is
+# not 0", and a builder's agent cannot start builds as its build user. Register
+# the handler again with C (which implies O), as the usual multi-arch
+# container setups do. All of this is runtime kernel state: no file changes,
+# and it is redone after a reboot by the next `make images`, `make farm` or
+# `make test-fleet`.
 ensure_binfmt() {  # debian arch
-  local handler
+  local handler entry flags interpreter magic mask
   case $1 in
     armhf) handler=qemu-arm ;;
     arm64) handler=qemu-aarch64 ;;
@@ -93,12 +100,24 @@ ensure_binfmt() {  # debian arch
     mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc \
       || die "cannot mount binfmt_misc on /proc/sys/fs/binfmt_misc (is this a container without privileges?)"
   fi
-  if ! grep -qx enabled "/proc/sys/fs/binfmt_misc/$handler" 2>/dev/null; then
+  entry=/proc/sys/fs/binfmt_misc/$handler
+  if ! grep -qx enabled "$entry" 2>/dev/null; then
     update-binfmts --enable "$handler" >/dev/null \
       || die "cannot enable the $handler binfmt handler: try 'update-binfmts --enable $handler'"
   fi
-  grep -q '^flags: .*F' "/proc/sys/fs/binfmt_misc/$handler" \
+  flags=$(sed -n 's/^flags: //p' "$entry")
+  [[ $flags == *F* ]] \
     || die "the $handler binfmt handler lacks the F flag, so containers cannot use it: reinstall qemu-user-static"
+  if [[ $flags != *C* ]]; then
+    interpreter=$(sed -n 's/^interpreter //p' "$entry")
+    magic=$(sed -n 's/^magic //p' "$entry" | sed 's/../\\x&/g')
+    mask=$(sed -n 's/^mask //p' "$entry" | sed 's/../\\x&/g')
+    echo -1 >"$entry"
+    printf ':%s:M:0:%s:%s:%s:%sOC\n' "$handler" "$magic" "$mask" "$interpreter" "${flags//[OC]/}" \
+      >/proc/sys/fs/binfmt_misc/register \
+      || die "cannot register the $handler binfmt handler again; run 'update-binfmts --enable $handler' and retry"
+    say "$handler binfmt handler registered with flags ${flags}OC (setuid programs such as sudo work in emulated containers)"
+  fi
 }
 
 # Turn a fresh debootstrap tree into a container base image.

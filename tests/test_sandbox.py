@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from harness.users import AgentUsers, ensure_agent_users
-from pinwheel.sandbox import BuildAborted, Sandbox
+from pinwheel.sandbox import BuildAborted, Sandbox, plain_http_hosts
 
 USERS = AgentUsers("pwtest-sbx-agent", "pwtest-sbx-build")
 
@@ -116,3 +116,10 @@ def test_real_build_of_a_c_extension(users, place, upstream):
                       tick_seconds=30)
     assert result.status == "success", result.log_path.read_text()[-3000:]
     assert [w.name for w in result.wheels] == ["pwtest_cext-1.0-cp311-cp311-linux_x86_64.whl"]
+
+
+def test_pip_is_told_to_trust_plain_http_indexes_on_other_hosts_only():
+    urls = ["http://pwm-master/simple/", "https://pypi.org/simple/",
+            "http://user:pw@10.0.0.5:8080/simple/", "http://127.0.0.1:9/simple/",
+            "http://localhost/simple/", "http://pwm-master/other/"]
+    assert plain_http_hosts(urls) == ["pwm-master", "10.0.0.5:8080"]

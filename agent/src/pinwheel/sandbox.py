@@ -30,10 +30,33 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
+from urllib.parse import urlsplit
 
 log = logging.getLogger("pinwheel.sandbox")
 
 BUILD_PATH = "/usr/local/bin:/usr/bin:/bin"
+_LOOPBACK = {"localhost", "127.0.0.1", "::1"}
+
+
+def plain_http_hosts(urls: list[str]) -> list[str]:
+    """The hosts of plain-HTTP index URLs that pip must be told to trust.
+
+    pip ignores an ``http://`` index on any host but the loopback ("not a
+    trusted or secure host") unless it is named with ``--trusted-host``. A
+    farm's own index is plain HTTP on the private network, and so is a test
+    upstream, so the agent names them. HTTPS indexes are verified as usual.
+    """
+    hosts: list[str] = []
+    for url in urls:
+        parts = urlsplit(url)
+        if parts.scheme != "http" or not parts.hostname or parts.hostname in _LOOPBACK:
+            continue
+        host = parts.netloc.rsplit("@", 1)[-1]
+        if host not in hosts:
+            hosts.append(host)
+    return hosts
+
+
 _PROBE = ("import json, sys, sysconfig; print(json.dumps({'implementation': "
           "sys.implementation.name, 'version': list(sys.version_info[:3]), "
           "'platform': sysconfig.get_platform(), 'maxsize': sys.maxsize}))")
@@ -100,6 +123,8 @@ class Sandbox:
                "--index-url", self.index_url]
         for url in self.extra_index_urls:
             pip += ["--extra-index-url", url]
+        for host in plain_http_hosts([self.index_url, *self.extra_index_urls]):
+            pip += ["--trusted-host", host]
         if self.ca_bundle:
             pip += ["--cert", self.ca_bundle]
         pip += ["-w", str(tree / "out")]
