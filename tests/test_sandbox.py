@@ -7,6 +7,7 @@ A stand-in "interpreter" (a shell script the sandbox runs instead of
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import tempfile
 from pathlib import Path
@@ -14,6 +15,8 @@ from pathlib import Path
 import pytest
 
 from harness.users import AgentUsers, ensure_agent_users
+from pinwheel.buildlog import TRUNCATED_MARKER
+from pinwheel.limits import BuildLimits
 from pinwheel.sandbox import BuildAborted, Sandbox, plain_http_hosts
 
 USERS = AgentUsers("pwtest-sbx-agent", "pwtest-sbx-build")
@@ -39,8 +42,10 @@ def fake_python(place: Path, body: str) -> str:
     return str(script)
 
 
-def sandbox(users: AgentUsers, place: Path, python: str, timeout: int = 60) -> Sandbox:
-    return Sandbox(users.build, place / "work", python, "http://127.0.0.1:9/simple/", [], timeout)
+def sandbox(users: AgentUsers, place: Path, python: str, timeout: int = 60,
+            **limits: int) -> Sandbox:
+    return Sandbox(users.build, place / "work", python, "http://127.0.0.1:9/simple/", [], timeout,
+                   limits=BuildLimits(**limits))
 
 
 def build_user_processes(user: str) -> list[str]:
@@ -123,3 +128,77 @@ def test_pip_is_told_to_trust_plain_http_indexes_on_other_hosts_only():
             "http://user:pw@10.0.0.5:8080/simple/", "http://127.0.0.1:9/simple/",
             "http://localhost/simple/", "http://pwm-master/other/"]
     assert plain_http_hosts(urls) == ["pwm-master", "10.0.0.5:8080"]
+
+
+def build_once(sb: Sandbox, place: Path, job_id: int):  # type: ignore[no-untyped-def]
+    return sb.build("foo", "1.0", job_id, place / "outbox", tick=lambda: None, tick_seconds=5)
+
+
+def test_the_log_is_capped_with_a_marker_and_keeps_its_end(users, place):
+    # 20 MiB of output against a 1 MiB cap: the log keeps its head and its tail.
+    py = fake_python(place, "echo FIRST-LINE\n"
+                            "head -c 20971520 /dev/zero | tr '\\0' x\n"
+                            "echo; echo LAST-LINE; exit 1\n")
+    result = build_once(sandbox(users, place, py, max_log_mb=1), place, 10)
+    data = result.log_path.read_bytes()
+    assert result.status == "failed"
+    assert len(data) < (1 << 20) + 4096, len(data)
+    assert b"FIRST-LINE" in data and b"LAST-LINE" in data
+    assert TRUNCATED_MARKER in data
+    written = re.search(rb"the build wrote (\d+) bytes", data)
+    assert written and int(written.group(1)) > 20 << 20
+    assert b"exit status 1" in data
+
+
+def test_memory_is_limited_per_process(users, place):
+    py = fake_python(place, "/usr/bin/python3 -c 'b = bytearray(600 << 20); print(\"GOT-600MB\")'"
+                            "\nexit 1\n")
+    result = build_once(sandbox(users, place, py, memory_mb=256), place, 11)
+    text = result.log_path.read_text()
+    assert "MemoryError" in text and "GOT-600MB" not in text
+    assert "memory 256 MiB per process" in text
+
+
+def test_the_number_of_processes_is_limited(users, place):
+    py = fake_python(place, "i=0; while [ $i -lt 60 ]; do sleep 300 & i=$((i+1)); done\n"
+                            "echo STARTED-ALL; exit 1\n")
+    result = build_once(sandbox(users, place, py, max_processes=20), place, 12)
+    text = result.log_path.read_text()
+    assert "Cannot fork" in text or "Resource temporarily unavailable" in text, text[-2000:]
+    assert build_user_processes(users.build) == []
+
+
+def test_a_file_cannot_grow_past_the_file_size_limit(users, place):
+    py = fake_python(place, 'head -c 3145728 /dev/zero > "$HOME/big"; echo head-exit=$?\n'
+                            'wc -c < "$HOME/big"; exit 1\n')
+    result = build_once(sandbox(users, place, py, max_file_mb=1), place, 13)
+    text = result.log_path.read_text()
+    assert "head-exit=0" not in text
+    assert "\n1048576\n" in text, text[-2000:]
+
+
+def test_a_build_filling_its_tree_is_stopped(users, place):
+    py = fake_python(place, 'for i in 1 2 3 4 5 6; do head -c 1048576 /dev/zero > "$HOME/f$i"; '
+                            "done\nsleep 300\n")
+    result = build_once(sandbox(users, place, py, max_disk_mb=3), place, 14)
+    text = result.log_path.read_text()
+    assert result.status == "failed"
+    assert "more than the limit of 3 MiB" in text
+    assert build_user_processes(users.build) == []
+    assert not (place / "work" / "builds" / "job-14").exists()
+
+
+def test_files_left_in_shared_temporary_directories_are_deleted(users, place):
+    marker = f"pwtest-sbx-leftover-{os.getpid()}"
+    py = fake_python(place, f"mkdir /tmp/{marker}; echo x > /tmp/{marker}/f; "
+                            f"echo y > /var/tmp/{marker}; echo z > /dev/shm/{marker}; exit 1\n")
+    build_once(sandbox(users, place, py), place, 15)
+    for path in (f"/tmp/{marker}", f"/var/tmp/{marker}", f"/dev/shm/{marker}"):
+        assert not os.path.exists(path), path
+
+
+def test_a_fork_bomb_is_contained_and_killed(users, place):
+    py = fake_python(place, "bomb() { bomb & bomb & wait; }\n(bomb) &\nsleep 3; exit 1\n")
+    result = build_once(sandbox(users, place, py, max_processes=50), place, 16)
+    assert result.status == "failed"
+    assert build_user_processes(users.build) == []

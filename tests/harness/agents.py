@@ -87,6 +87,18 @@ class AgentProcess:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
 
 
+# The builder role's defaults (roles/builder/defaults/main.yml) for the settings
+# the harness does not choose itself; a test may override any of them.
+ROLE_LIMIT_DEFAULTS: dict[str, object] = {
+    "builder_build_memory_mb": 2048,
+    "builder_build_max_processes": 256,
+    "builder_build_max_file_mb": 2048,
+    "builder_build_max_disk_mb": 8192,
+    "builder_build_max_log_mb": 16,
+    "builder_min_free_disk_mb": 1024,
+}
+
+
 def parse_dsn(dsn: str) -> dict[str, str]:
     """``key=value ...`` (the harness's own DSNs: no quoting) as a dict."""
     fields = dict(item.split("=", 1) for item in dsn.split())
@@ -99,12 +111,16 @@ def parse_dsn(dsn: str) -> dict[str, str]:
 def write_agent_config(path: Path, *, dsn: str, build_user: str, work_dir: Path, index_url: str,
                        extra_index_urls: list[str], push_port: int, push_user: str,
                        key: Path, known_hosts: Path, owner: str,
-                       build_timeout: int = 600) -> None:
+                       build_timeout: int = 600, lease_seconds: int = 120,
+                       heartbeat_seconds: int = 5, poll_seconds: int = 10,
+                       push_attempts: int = 3, **settings: object) -> None:
     """Write ``agent.conf`` from the builder role's template, as the role installs it.
 
     Owned by root and the agent's group, mode 0640, as the role leaves it. The
     DSN's fields become the role's variables (the template puts them back
     together, quoted), so the test agents read what a provisioned builder reads.
+    ``settings`` override the role's other variables (``builder_build_max_log_mb=1`` ...);
+    the rest take the role's defaults.
     """
     db = parse_dsn(dsn)
     text = render_role_template(
@@ -122,15 +138,16 @@ def write_agent_config(path: Path, *, dsn: str, build_user: str, work_dir: Path,
         builder_ca_bundle="",
         builder_python=SYSTEM_PYTHON,
         builder_build_timeout=build_timeout,
-        builder_lease_seconds=120,
-        builder_heartbeat_seconds=5,
-        builder_poll_seconds=10,
+        builder_lease_seconds=lease_seconds,
+        builder_heartbeat_seconds=heartbeat_seconds,
+        builder_poll_seconds=poll_seconds,
         builder_master_host="127.0.0.1",
         builder_master_ssh_port=push_port,
         builder_master_upload_user=push_user,
         builder_ssh_key=str(key),
         builder_known_hosts=str(known_hosts),
-        builder_push_attempts=3,
+        builder_push_attempts=push_attempts,
+        **{**ROLE_LIMIT_DEFAULTS, "builder_drain_seconds": build_timeout + 300, **settings},
     )
     path.write_text(text, encoding="utf-8")
     shutil.chown(path, "root", pwd.getpwnam(owner).pw_gid)

@@ -11,6 +11,8 @@ import configparser
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .limits import BuildLimits
+
 
 class ConfigError(Exception):
     """The configuration file is missing, unreadable or wrong."""
@@ -46,6 +48,15 @@ def _int(parser: configparser.ConfigParser, section: str, key: str, path: str | 
             f"{path}: [{section}] {key} must be a whole number, not {raw!r}") from None
 
 
+def _count(parser: configparser.ConfigParser, section: str, key: str, path: str | Path,
+           default: int) -> int:
+    """A whole number >= 0 (for limits, 0 means none)."""
+    value = _int(parser, section, key, path, default)
+    if value < 0:
+        raise ConfigError(f"{path}: [{section}] {key} must be 0 or more, not {value}")
+    return value
+
+
 @dataclass
 class AgentConfig:
     """Settings of one builder's agent."""
@@ -66,8 +77,21 @@ class AgentConfig:
     push_user: str = "pinwheel-upload"
     ssh_key: Path = Path("/var/lib/pinwheel-agent/.ssh/id_ed25519")
     known_hosts: Path = Path("/var/lib/pinwheel-agent/.ssh/known_hosts")
-    push_attempts: int = 5         # rsync attempts (with backoff) before the job is handed back
+    # rsync attempts (with backoff) before the job is handed back; 0: keep trying (heartbeating
+    # meanwhile) for as long as the job's lease is held
+    push_attempts: int = 0
     ca_bundle: str = ""            # CA bundle for HTTPS indexes (pip --cert); "" = system default
+    # Limits of each build (pinwheel.limits; 0 = no limit)
+    build_memory_mb: int = 2048    # address space of each process of a build
+    build_max_processes: int = 256  # processes of the build user
+    build_max_file_mb: int = 2048  # any one file a build writes
+    build_max_disk_mb: int = 8192  # the build's whole directory
+    build_max_log_mb: int = 16     # the build's log: beyond it, the middle is cut out
+    # Free space (MiB) the work directory's file system must keep: under it no
+    # job is claimed; under half of it a running build is stopped.
+    min_free_disk_mb: int = 1024
+    # Seconds a SIGTERM'd agent may spend finishing its job before handing it back
+    drain_seconds: int = 3900
 
     @classmethod
     def load(cls, path: str | Path) -> AgentConfig:
@@ -92,9 +116,23 @@ class AgentConfig:
             push_user=p.get("push", "user", fallback="pinwheel-upload"),
             ssh_key=Path(p.get("push", "key", fallback=str(cls.ssh_key))),
             known_hosts=Path(p.get("push", "known_hosts", fallback=str(cls.known_hosts))),
-            push_attempts=_int(p, "push", "attempts", path, 5),
+            push_attempts=_count(p, "push", "attempts", path, 0),
             ca_bundle=p.get(s, "ca_bundle", fallback=""),
+            build_memory_mb=_count(p, s, "build_memory_mb", path, 2048),
+            build_max_processes=_count(p, s, "build_max_processes", path, 256),
+            build_max_file_mb=_count(p, s, "build_max_file_mb", path, 2048),
+            build_max_disk_mb=_count(p, s, "build_max_disk_mb", path, 8192),
+            build_max_log_mb=_count(p, s, "build_max_log_mb", path, 16),
+            min_free_disk_mb=_count(p, s, "min_free_disk_mb", path, 1024),
+            drain_seconds=_count(p, s, "drain_seconds", path, 3900),
         )
+
+    def build_limits(self) -> BuildLimits:
+        return BuildLimits(timeout=self.build_timeout, memory_mb=self.build_memory_mb,
+                           max_processes=self.build_max_processes,
+                           max_file_mb=self.build_max_file_mb,
+                           max_disk_mb=self.build_max_disk_mb, max_log_mb=self.build_max_log_mb,
+                           min_free_mb=self.min_free_disk_mb // 2)
 
 
 @dataclass

@@ -3,14 +3,18 @@
 A build runs a stranger's ``setup.py``, so it never runs as the agent's user:
 the agent starts it with ``sudo -n -u <build_user>`` (the builder role
 installs a sudoers rule allowing exactly that), with an empty environment, in
-a fresh world-writable tree inside an agent-owned directory. The agent owns the
-log file and only hands the build a file descriptor to it; its configuration,
-database password and SSH key stay unreadable to the build user.
+a fresh world-writable tree inside an agent-owned directory, in a session of
+its own, under the limits of :mod:`pinwheel.limits` (wall time, memory,
+processes, file and tree size). The build writes into a pipe; the agent
+copies it into the log, capped (:mod:`pinwheel.buildlog`). The agent's
+configuration, database password and SSH key stay unreadable to the build user.
 
-When the build ends, times out or its lease is lost, every process of the
-build user is killed (``pkill -KILL -u <build_user>`` run *as* that user), which
-also reaps anything the build left running in the background; then the tree
-is wiped. One build user per agent: never share it between agents.
+When the build ends, times out, exceeds a limit or its lease is lost, every
+process of the build user is killed (``kill(-1, SIGKILL)`` run *as* that user,
+until none is left), which also ends anything the build left running in the
+background; then the tree is wiped, and whatever the build user left in
+``/tmp``, ``/var/tmp`` and ``/dev/shm`` deleted. One build user per agent:
+never share it between agents.
 
 Wheels are copied out of the tree into the agent's outbox only if they are
 regular files (never through a symlink a hostile build planted).
@@ -21,16 +25,20 @@ from __future__ import annotations
 import json
 import logging
 import os
+import select
 import shlex
 import shutil
 import stat
 import subprocess
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
 from urllib.parse import urlsplit
+
+from .buildlog import CappedLog
+from .limits import MIB, BuildLimits, free_mb, tree_size_mb
 
 log = logging.getLogger("pinwheel.sandbox")
 
@@ -96,18 +104,64 @@ def probe_interpreter(python: str) -> Interpreter:
                        int(data["maxsize"]))
 
 
+# Run as the build user: SIGKILL every process it has, in rounds, until none
+# but zombies are left. kill(-1) walks the process list with forks blocked, so
+# a fork bomb (already capped by RLIMIT_NPROC) cannot outrun it.
+_KILL_ALL = """
+import os, sys, time
+uid, me = os.getuid(), os.getpid()
+def alive():
+    n = 0
+    for pid in os.listdir('/proc'):
+        if not pid.isdigit() or int(pid) == me:
+            continue
+        try:
+            if os.stat('/proc/' + pid).st_uid != uid:
+                continue
+            with open('/proc/' + pid + '/stat') as f:
+                state = f.read().rsplit(')', 1)[1].split()[0]
+        except (OSError, IndexError):
+            continue
+        if state not in 'ZX':
+            n += 1
+    return n
+for _ in range(200):
+    try:
+        os.kill(-1, 9)
+    except ProcessLookupError:
+        sys.exit(0)
+    if not alive():
+        sys.exit(0)
+    time.sleep(0.02)
+print(alive(), 'processes survive')
+sys.exit(1)
+"""
+KILL_PYTHON = "/usr/bin/python3"
+# World-writable places a build may have written to outside its tree; what the
+# build user left there is deleted after every build. (On a provisioned
+# builder, the unit's PrivateTmp makes /tmp and /var/tmp the agent's own.)
+SHARED_TMP = ("/tmp", "/var/tmp", "/dev/shm")  # noqa: S108
+DISK_CHECK_SECONDS = 5.0
+_READ_CHUNK = 1 << 20
+
+
 class Sandbox:
     """Builds one release at a time as ``build_user`` under ``work_dir``."""
 
     def __init__(self, build_user: str, work_dir: Path, python: str, index_url: str,
-                 extra_index_urls: list[str], timeout: int, ca_bundle: str = "") -> None:
+                 extra_index_urls: list[str], timeout: int, ca_bundle: str = "",
+                 limits: BuildLimits | None = None) -> None:
         self.build_user = build_user
         self.work_dir = work_dir
         self.python = python
         self.index_url = index_url
         self.extra_index_urls = extra_index_urls
-        self.timeout = timeout
+        self.limits = replace(limits or BuildLimits(), timeout=timeout)
         self.ca_bundle = ca_bundle
+
+    @property
+    def timeout(self) -> int:
+        return self.limits.timeout
 
     # ------------------------------------------------------------ commands
 
@@ -128,25 +182,43 @@ class Sandbox:
         if self.ca_bundle:
             pip += ["--cert", self.ca_bundle]
         pip += ["-w", str(tree / "out")]
-        return self._as_build_user("/usr/bin/env", "-i", *env, *pip)
+        return self._as_build_user(*self.limits.prlimit_command(), "/usr/bin/env", "-i",
+                                   *env, *pip)
+
+    def _run_quietly(self, args: list[str], timeout: float) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(args, stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                              errors="replace", timeout=timeout, check=False)
 
     def kill_build_processes(self) -> None:
         """Kill every process of the build user (the build and anything it left behind)."""
-        subprocess.run(self._as_build_user("/usr/bin/pkill", "-KILL", "-u", self.build_user),
-                       stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                       stderr=subprocess.DEVNULL, timeout=60, check=False)
+        try:
+            proc = self._run_quietly(
+                self._as_build_user(KILL_PYTHON, "-I", "-S", "-c", _KILL_ALL), 60)
+        except subprocess.TimeoutExpired:
+            log.error("killing the processes of %s timed out", self.build_user)
+            return
+        if proc.returncode != 0:
+            log.error("could not kill every process of %s: %s", self.build_user,
+                      (proc.stdout + proc.stderr).strip()[-500:])
+
+    def _purge_shared_tmp(self) -> None:
+        """Delete what the build user left in the world-writable temporary directories."""
+        dirs = [d for d in SHARED_TMP if os.path.isdir(d)]
+        if dirs:
+            self._run_quietly(self._as_build_user(
+                "/usr/bin/find", *dirs, "-xdev", "-mindepth", "1", "-user", self.build_user,
+                "-delete"), 600)
 
     def _wipe(self, job_dir: Path) -> None:
         tree = job_dir / "tree"
+        # Nothing of the build user may still run (to write more), anywhere.
+        self.kill_build_processes()
         if tree.exists():
-            # The build user owns what it wrote: it must delete it (after
-            # making sure nothing of its is still running to write more).
-            self.kill_build_processes()
+            # The build user owns what it wrote: it must delete it.
             for args in (("/bin/chmod", "-R", "u+rwX", str(tree)),
                          ("/usr/bin/find", str(tree), "-mindepth", "1", "-delete")):
-                subprocess.run(self._as_build_user(*args), stdin=subprocess.DEVNULL,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                               timeout=600, check=False)
+                self._run_quietly(self._as_build_user(*args), 600)
+        self._purge_shared_tmp()
         shutil.rmtree(job_dir, ignore_errors=True)
         if job_dir.exists():
             log.error("could not wipe %s completely; remove it by hand", job_dir)
@@ -170,13 +242,16 @@ class Sandbox:
 
     def build(self, package: str, version: str, job_id: int, outbox: Path,
               tick: Callable[[], None], tick_seconds: float,
-              header: str = "") -> BuildResult:
+              header: str = "", poll: Callable[[], None] | None = None) -> BuildResult:
         """Build ``package==version``; ``tick`` runs every ``tick_seconds`` meanwhile.
 
-        ``tick`` may raise :class:`BuildAborted` (or any exception) to stop
-        the build: the build's processes are killed and the tree wiped before
-        the exception propagates.
+        ``poll`` (if given) runs several times a second. Either may raise
+        :class:`BuildAborted` (or any exception) to stop the build: the build's
+        processes are killed and the tree wiped before the exception propagates.
+        The build's output goes through a pipe into ``outbox/build.log``, capped
+        at ``limits.max_log_mb``.
         """
+        self.kill_build_processes()  # a build starts with the build user idle
         job_dir = self._prepare(job_id)
         tree = job_dir / "tree"
         log_path = outbox / "build.log"
@@ -184,55 +259,116 @@ class Sandbox:
         cmd = self._pip_command(package, version, tree)
         started = datetime.now(timezone.utc)
         t0 = time.monotonic()
-        status = "failed"
+        status, reason, code = "failed", "", None
         try:
             with open(log_path, "wb") as logfile:
                 os.fchmod(logfile.fileno(), 0o600)
                 logfile.write(header.encode("utf-8", "replace"))
-                logfile.write(f"$ {shlex.join(cmd)}\n\n".encode("utf-8", "replace"))
+                logfile.write(f"{self.limits.describe()}\n$ {shlex.join(cmd)}\n\n".encode(
+                    "utf-8", "replace"))
                 logfile.flush()
-                proc = subprocess.Popen(cmd, cwd=tree, stdin=subprocess.DEVNULL,
-                                        stdout=logfile, stderr=subprocess.STDOUT,
-                                        start_new_session=True)
+                capped = CappedLog(logfile, self.limits.max_log_mb * MIB)
+                pipe, child_end = os.pipe()
                 try:
-                    status = self._supervise(proc, t0, tick, tick_seconds)
+                    proc = subprocess.Popen(cmd, cwd=tree, stdin=subprocess.DEVNULL,
+                                            stdout=child_end, stderr=child_end,
+                                            start_new_session=True)
+                except BaseException:
+                    os.close(pipe)
+                    raise
                 finally:
-                    if proc.poll() is None:
-                        self.kill_build_processes()
-                        proc.wait()
-                    self.kill_build_processes()  # whatever it left running
+                    os.close(child_end)
+                try:
+                    status, reason = self._supervise(proc, pipe, capped, t0, tick,
+                                                     tick_seconds, poll, tree)
+                finally:
+                    # The build's processes first (the pipe's writers), then what
+                    # is left in the pipe, which then reaches its end.
+                    self.kill_build_processes()
+                    proc.wait()
+                    code = proc.returncode
+                    self._drain(pipe, capped, time.monotonic() + 30)
+                    os.close(pipe)
+                    capped.close()
                 duration = time.monotonic() - t0
                 wheels = self._collect(tree / "out", outbox) if status == "success" else []
                 if status == "success" and not wheels:
                     status = "failed"
                     logfile.write(b"\n*** pip reported success but produced no wheel\n")
+                if reason:
+                    logfile.write(f"\n*** {reason}\n".encode())
                 verdict = {"success": "succeeded", "failed": "failed",
                            "timeout": f"timed out after {self.timeout}s (killed)"}[status]
                 logfile.write(f"\n*** build {verdict} in {duration:.1f}s, exit status "
-                              f"{proc.returncode}\n".encode())
+                              f"{code}\n".encode())
         finally:
             self._wipe(job_dir)
         return BuildResult(status, started, duration, log_path, wheels)
 
-    def _supervise(self, proc: subprocess.Popen[bytes], t0: float,
-                   tick: Callable[[], None], tick_seconds: float) -> str:
+    def _supervise(self, proc: subprocess.Popen[bytes], pipe: int, capped: CappedLog,
+                   t0: float, tick: Callable[[], None], tick_seconds: float,
+                   poll: Callable[[], None] | None, tree: Path) -> tuple[str, str]:
+        """Follow the build until it ends or must be stopped: (status, reason)."""
         deadline = t0 + self.timeout
         next_tick = t0 + tick_seconds
+        next_disk = t0 + DISK_CHECK_SECONDS
+        open_pipe = True
         while True:
-            now = time.monotonic()
-            try:
-                code = proc.wait(timeout=max(0.05, min(deadline, next_tick) - now))
-                return "success" if code == 0 else "failed"
-            except subprocess.TimeoutExpired:
-                pass
+            if open_pipe:
+                open_pipe = self._pump(pipe, capped, 0.2)
+            code = proc.poll()
+            if code is not None:
+                return ("success" if code == 0 else "failed"), ""
+            if not open_pipe:
+                time.sleep(0.2)
             now = time.monotonic()
             if now >= deadline:
-                self.kill_build_processes()
-                proc.wait()
-                return "timeout"
+                return "timeout", f"the build took more than {self.timeout}s and was killed"
+            if poll is not None:
+                poll()
             if now >= next_tick:
                 tick()
                 next_tick = now + tick_seconds
+            if now >= next_disk:
+                reason = self._disk_check(tree)
+                if reason:
+                    return "failed", reason
+                next_disk = time.monotonic() + DISK_CHECK_SECONDS
+
+    @staticmethod
+    def _pump(pipe: int, capped: CappedLog, timeout: float) -> bool:
+        """Move what the build wrote into the log; False once the pipe is at its end."""
+        ready, _, _ = select.select([pipe], [], [], timeout)
+        budget = 64  # chunks per call, so the loop still looks at the clock
+        while ready and budget:
+            data = os.read(pipe, _READ_CHUNK)
+            if not data:
+                return False
+            capped.write(data)
+            budget -= 1
+            ready, _, _ = select.select([pipe], [], [], 0)
+        return True
+
+    def _drain(self, pipe: int, capped: CappedLog, until: float) -> None:
+        while time.monotonic() < until:
+            if not self._pump(pipe, capped, 0.5):
+                return
+        log.warning("the build's output did not end after its processes were killed")
+
+    def _disk_check(self, tree: Path) -> str:
+        """Why the build must stop for its disk use, or ""."""
+        lim = self.limits
+        if lim.max_disk_mb > 0:
+            used = tree_size_mb(self._as_build_user(), str(tree))
+            if used is not None and used > lim.max_disk_mb:
+                return (f"the build was stopped: its directory holds {used} MiB, more than "
+                        f"the limit of {lim.max_disk_mb} MiB")
+        if lim.min_free_mb > 0:
+            free = free_mb(self.work_dir)
+            if free < lim.min_free_mb:
+                return (f"the build was stopped: only {free} MiB are left free on the file "
+                        f"system of {self.work_dir} (the floor is {lim.min_free_mb} MiB)")
+        return ""
 
     @staticmethod
     def _collect(out: Path, outbox: Path) -> list[Path]:
