@@ -60,20 +60,30 @@ class AgentProcess:
     config: Path
     log: Path
     proc: subprocess.Popen[bytes] | None = None
+    stopped: bool = False   # the test stopped or killed it on purpose
 
-    def start(self, venv: Path) -> None:
+    def start(self, venv: Path, env: dict[str, str] | None = None) -> None:
+        self.stopped = False
         logfile = open(self.log, "ab")  # noqa: SIM115 - owned by the process
         account = pwd.getpwnam(self.users.agent)
         self.proc = subprocess.Popen(
             [str(venv / "bin" / "pinwheel"), "agent", "--config", str(self.config)],
             stdin=subprocess.DEVNULL, stdout=logfile, stderr=subprocess.STDOUT,
             user=account.pw_uid, group=account.pw_gid, extra_groups=[], cwd="/",
-            env={"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8"})
+            env={"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", **(env or {})})
         logfile.close()
+
+    def kill9(self) -> None:
+        """SIGKILL the agent (a crash, a power cut of the agent alone)."""
+        assert self.proc is not None
+        self.stopped = True
+        self.proc.kill()
+        self.proc.wait()
 
     def stop(self, timeout: float = 60) -> int:
         """SIGTERM (the agent drains), then wait; returns the exit status."""
         assert self.proc is not None
+        self.stopped = True
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
         try:

@@ -7,9 +7,14 @@
            nothing to do ─▶ LISTEN until work for our ABI is queued, or poll
 
 A failed build is a result like any other (reported with its log). SIGTERM or
-SIGINT asks the agent to stop after the current job; a second one hands the
-job back to the queue at once. Lost database connections are retried with
-backoff and jitter.
+SIGINT asks the agent to stop after the current job, which it may spend
+``drain_seconds`` on before handing the job back; a second one hands the job
+back at once. Lost database connections are retried with backoff and jitter,
+and so is a push that fails: the built files stay in the outbox and the job
+is heartbeated meanwhile, for as long as its lease holds; nothing is rebuilt
+for it. When the work directory's file system is nearly full the agent claims
+nothing (and says so) until space is freed. It tells systemd it is ready and
+alive (:mod:`pinwheel.notify`).
 """
 
 from __future__ import annotations
@@ -24,12 +29,15 @@ import shutil
 import signal
 import socket
 import threading
+import time
 from pathlib import Path
 from types import FrameType
 from typing import Callable, TypeVar
 
 from . import db, names, push
 from .config import AgentConfig
+from .limits import free_mb
+from .notify import Notifier
 from .queue import BuilderQueue, Job, Registration, ReportedFile
 from .sandbox import BuildAborted, BuildResult, Sandbox, probe_interpreter
 
@@ -62,7 +70,11 @@ class Agent:
         self.python_version = ".".join(str(v) for v in interp.version)
         self._wake_r: int | None = None
         self.sandbox = Sandbox(cfg.build_user, cfg.work_dir, cfg.python, cfg.index_url,
-                               cfg.extra_index_urls, cfg.build_timeout, cfg.ca_bundle)
+                               cfg.extra_index_urls, cfg.build_timeout, cfg.ca_bundle,
+                               limits=cfg.build_limits())
+        self.notifier = Notifier()
+        self.drain_deadline: float | None = None  # monotonic time the drain ends
+        self.claims_paused_for_disk = False
 
     # ------------------------------------------------------------ signals
 
@@ -90,37 +102,78 @@ class Agent:
                         signal.Signals(signum).name)
             self.abort.set()
         else:
-            log.info("%s: stopping after the current job (send it again to hand the job back)",
-                     signal.Signals(signum).name)
+            log.info("%s: stopping after the current job, or handing it back in %ds (send it "
+                     "again to hand it back now)", signal.Signals(signum).name,
+                     self.cfg.drain_seconds)
+            self.drain_deadline = time.monotonic() + self.cfg.drain_seconds
             self.stopping.set()
+            self.notifier.stopping("stopping: finishing the current job")
+
+    def must_hand_back(self) -> bool:
+        """True when the job held must go back to the queue now (second signal, drain over)."""
+        if self.abort.is_set():
+            return True
+        if self.drain_deadline is not None and time.monotonic() >= self.drain_deadline:
+            log.warning("the drain period (%ds) is over: handing the job back",
+                        self.cfg.drain_seconds)
+            self.abort.set()
+            return True
+        return False
+
+    def _sleep(self, seconds: float, event: threading.Event) -> bool:
+        """Wait up to ``seconds`` (until ``event`` is set), telling the watchdog meanwhile."""
+        end = time.monotonic() + seconds
+        step = self.notifier.max_wait or seconds
+        while not event.is_set():
+            left = end - time.monotonic()
+            if left <= 0:
+                break
+            event.wait(min(left, step))
+            self.notifier.kick()
+        return event.is_set()
 
     # ----------------------------------------------------------- database
 
+    def _connect_once(self) -> BuilderQueue:
+        queue = BuilderQueue(db.connect(self.cfg.dsn, application_name="pinwheel-agent"))
+        try:
+            self.registration = queue.register(self.abi, self.platform, names.os_release(),
+                                               self.python_version)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                queue.conn.close()
+            raise
+        log.info("registered as builder %s (%s, %s, Python %s)%s",
+                 self.registration.builder, self.abi, self.platform,
+                 self.python_version, " [paused]" if self.registration.paused else "")
+        self.notifier.status(f"connected as builder {self.registration.builder}")
+        return queue
+
     def _connect(self) -> BuilderQueue:
+        """Connect and register, retrying with backoff and jitter until the agent stops."""
         delay = 1.0
         while not self.stopping.is_set():
             try:
-                queue = BuilderQueue(db.connect(self.cfg.dsn, application_name="pinwheel-agent"))
-                self.registration = queue.register(self.abi, self.platform, names.os_release(),
-                                                   self.python_version)
-                log.info("registered as builder %s (%s, %s, Python %s)%s",
-                         self.registration.builder, self.abi, self.platform,
-                         self.python_version, " [paused]" if self.registration.paused else "")
-                return queue
+                return self._connect_once()
             except db.DatabaseUnavailable as exc:
                 wait = delay * random.uniform(0.5, 1.0)  # noqa: S311
                 log.warning("%s; retrying in %.0fs", exc, wait)
-                self.stopping.wait(wait)
+                self.notifier.status(f"waiting for the database: {exc}")
+                self._sleep(wait, self.stopping)
                 delay = min(delay * 2, 60.0)
         raise SystemExit(0)
 
     def _db(self, fn: Callable[[BuilderQueue], T], retry: bool = True) -> T:
-        """Run ``fn`` on the queue, reconnecting (with backoff) when the database is lost."""
+        """Run ``fn`` on the queue, reconnecting (with backoff) when the database is lost.
+
+        With ``retry=False`` one attempt is made (connecting first if needed),
+        and :class:`db.DatabaseUnavailable` is raised if it fails.
+        """
         delay = 1.0
         while True:
-            if self.queue is None:
-                self.queue = self._connect()
             try:
+                if self.queue is None:
+                    self.queue = self._connect() if retry else self._connect_once()
                 return fn(self.queue)
             except db.DatabaseUnavailable as exc:
                 self._drop_connection()
@@ -128,7 +181,7 @@ class Agent:
                     raise
                 wait = delay * random.uniform(0.5, 1.0)  # noqa: S311
                 log.warning("%s; retrying in %.0fs", exc, wait)
-                self.abort.wait(wait)
+                self._sleep(wait, self.abort)
                 delay = min(delay * 2, 60.0)
 
     def _drop_connection(self) -> None:
@@ -141,35 +194,64 @@ class Agent:
 
     def run(self) -> None:
         self.cfg.work_dir.mkdir(parents=True, exist_ok=True)
-        self.sandbox.kill_build_processes()  # a crashed predecessor's leftovers
+        # A crashed predecessor's leftovers: its build's processes, trees and outboxes.
+        self.sandbox.wipe_leftovers()
+        shutil.rmtree(self.cfg.work_dir / "outbox", ignore_errors=True)
+        self.notifier.ready("waiting for the database")
         self.queue = self._connect()
         while not self.stopping.is_set():
+            self.notifier.kick()
+            if not self._disk_allows_claims():
+                self._sleep(min(self.cfg.poll_seconds, 30), self.stopping)
+                continue
             job = self._db(lambda q: q.claim(self.cfg.lease_seconds))
             if job is None:
+                self.notifier.status("idle: waiting for work")
                 try:
                     self._db(self._wait_for_work, retry=False)
                 except db.DatabaseUnavailable as exc:
                     log.warning("%s; reconnecting", exc)
-                    self.stopping.wait(1 + random.random())  # noqa: S311
+                    self._sleep(1 + random.random(), self.stopping)  # noqa: S311
                 self._drain_wake_pipe()
                 continue
             self.handle(job)
+        self.notifier.stopping("stopped")
         log.info("agent stopped")
+
+    def _disk_allows_claims(self) -> bool:
+        """False (said once in the log) while the work directory's file system is nearly full."""
+        floor = self.cfg.min_free_disk_mb
+        free = free_mb(self.cfg.work_dir) if floor > 0 else floor
+        if free < floor:
+            if not self.claims_paused_for_disk:
+                log.warning("claiming no jobs: only %d MiB free on the file system of %s, under "
+                            "min_free_disk_mb = %d; free some space and claiming resumes by "
+                            "itself", free, self.cfg.work_dir, floor)
+                self.notifier.status(f"paused: only {free} MiB free in {self.cfg.work_dir}")
+                self.claims_paused_for_disk = True
+            return False
+        if self.claims_paused_for_disk:
+            log.info("claiming jobs again: %d MiB free on the file system of %s",
+                     free, self.cfg.work_dir)
+            self.claims_paused_for_disk = False
+        return True
 
     def _wait_for_work(self, queue: BuilderQueue) -> bool:
         wake = (self._wake_r,) if self._wake_r is not None else ()
-        return queue.wait_for_work(self.abi, self.cfg.poll_seconds, wake)
+        timeout = min(self.cfg.poll_seconds, self.notifier.max_wait or self.cfg.poll_seconds)
+        return queue.wait_for_work(self.abi, timeout, wake)
 
     def handle(self, job: Job) -> None:
         log.info("job %d: building %s %s for %s (attempt %d)", job.job_id, job.package,
                  job.version, job.abi, job.attempts)
         outbox = self.cfg.work_dir / "outbox" / f"job-{job.job_id}"
         shutil.rmtree(outbox, ignore_errors=True)
+        self.notifier.status(f"building {job.package} {job.version} (job {job.job_id})")
         try:
             result = self.sandbox.build(job.package, job.version, job.job_id, outbox,
                                         tick=lambda: self._heartbeat(job),
                                         tick_seconds=self.cfg.heartbeat_seconds,
-                                        header=self._log_header(job))
+                                        header=self._log_header(job), poll=self._poll_build)
         except BuildAborted as exc:
             log.warning("job %d: build stopped: %s", job.job_id, exc)
             self._hand_back(job)
@@ -185,16 +267,24 @@ class Agent:
                 f"({self.platform}) on {self.registration.builder if self.registration else '?'}"
                 f" ({socket.gethostname()}), job {job.job_id}, attempt {job.attempts}\n")
 
-    def _heartbeat(self, job: Job) -> None:
-        if self.abort.is_set():
+    def _poll_build(self) -> None:
+        self.notifier.kick()
+        if self.must_hand_back():
+            raise BuildAborted("the agent is stopping now")
+
+    def _heartbeat(self, job: Job) -> bool:
+        """Extend the job's lease; False when the database could not be reached."""
+        if self.must_hand_back():
             raise BuildAborted("the agent is stopping now")
         try:
             self._db(lambda q: q.heartbeat(job, self.cfg.lease_seconds), retry=False)
         except db.LeaseLost as exc:
             raise BuildAborted(f"lease lost: {exc}") from exc
         except db.DatabaseUnavailable as exc:
-            # Keep building: the lease has time left, and finish will tell.
+            # Keep going: the lease has time left, and finish will tell.
             log.warning("job %d: heartbeat failed: %s", job.job_id, exc)
+            return False
+        return True
 
     def _hand_back(self, job: Job) -> None:
         try:
@@ -210,12 +300,17 @@ class Agent:
         files = [report_for(w) for w in result.wheels]
         log_report = report_for(log_gz)
         try:
-            push.push([*result.wheels, log_gz], self.cfg.push_user, self.cfg.push_host,
-                      self.cfg.push_port, self.cfg.ssh_key, self.cfg.known_hosts,
-                      attempts=self.cfg.push_attempts)
+            self._push(job, [*result.wheels, log_gz])
+        except BuildAborted as exc:
+            log.warning("job %d: %s", job.job_id, exc)
+            self._hand_back(job)
+            return
         except push.PushFailed as exc:
             log.error("job %d: %s; handing the job back", job.job_id, exc)
             self._hand_back(job)
+            return
+        except db.LeaseLost as exc:
+            log.warning("job %d: result discarded: %s", job.job_id, exc)
             return
         try:
             build_id = self._db(lambda q: q.finish(job, result.status, result.started,
@@ -225,6 +320,54 @@ class Agent:
             return
         log.info("job %d: %s in %.1fs (build %d, %d file(s))", job.job_id, result.status,
                  result.duration, build_id, len(files))
+
+    def _push(self, job: Job, files: list[Path]) -> None:
+        """Push ``files``, retrying with backoff and jitter while the job's lease holds.
+
+        Between attempts the job is heartbeated, so a master away for a while
+        costs no rebuild. Raises :class:`push.PushFailed` after
+        ``push_attempts`` attempts (0: no limit) or when the lease would run out
+        because the database is away too, :class:`db.LeaseLost` when the lease
+        is gone, :class:`BuildAborted` when the agent must hand the job back.
+        """
+        cfg = self.cfg
+        lease_until = time.monotonic() + cfg.lease_seconds  # the build heartbeated just now
+        attempt = 0
+        while True:
+            attempt += 1
+            self.notifier.status(f"pushing job {job.job_id} (attempt {attempt})")
+            error = push.push_once(files, cfg.push_user, cfg.push_host, cfg.push_port,
+                                   cfg.ssh_key, cfg.known_hosts, kick=self.notifier.kick)
+            if error is None:
+                if attempt > 1:
+                    log.info("job %d: pushed on attempt %d", job.job_id, attempt)
+                return
+            if cfg.push_attempts and attempt >= cfg.push_attempts:
+                raise push.PushFailed(push.failure_message(cfg.push_user, cfg.push_host,
+                                                           cfg.push_port, attempt, error))
+            wait = push.backoff(attempt)
+            log.warning("job %d: push to %s@%s:%d failed (attempt %d): %s; retrying in %.0fs "
+                        "(the build is kept)", job.job_id, cfg.push_user, cfg.push_host,
+                        cfg.push_port, attempt, error, wait)
+            end = time.monotonic() + wait
+            while True:
+                if self.must_hand_back():
+                    raise BuildAborted("the agent is stopping now")
+                try:
+                    if self._heartbeat(job):
+                        lease_until = time.monotonic() + cfg.lease_seconds
+                except BuildAborted as exc:
+                    if isinstance(exc.__cause__, db.LeaseLost):
+                        raise exc.__cause__ from None
+                    raise
+                if time.monotonic() + cfg.heartbeat_seconds >= lease_until:
+                    raise push.PushFailed(
+                        f"could not push to {cfg.push_host} ({error}) and the database is "
+                        "away too: the job's lease is about to run out")
+                left = end - time.monotonic()
+                if left <= 0:
+                    break
+                self._sleep(min(left, cfg.heartbeat_seconds), self.abort)
 
 
 def run(cfg: AgentConfig) -> None:

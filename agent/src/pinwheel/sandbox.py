@@ -223,6 +223,16 @@ class Sandbox:
         if job_dir.exists():
             log.error("could not wipe %s completely; remove it by hand", job_dir)
 
+    def wipe_leftovers(self) -> None:
+        """Kill the build user's processes and wipe every build tree (after a crash)."""
+        self.kill_build_processes()
+        builds = self.work_dir / "builds"
+        if builds.is_dir():
+            for job_dir in sorted(builds.iterdir()):
+                if job_dir.name.startswith("job-"):
+                    log.info("wiping %s, left over from an earlier run", job_dir)
+                    self._wipe(job_dir)
+
     def _prepare(self, job_id: int) -> Path:
         builds = self.work_dir / "builds"
         builds.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,5 @@
+"""Pinwheel test package: pure Python, built only once its gate is open."""
+
+
+def hello() -> str:
+    return "Hello from pwtest-slow"
