@@ -69,9 +69,11 @@ class MiniFarm:
         return agent
 
     def start(self, name: str) -> AgentProcess:
+        """Start (or restart) agent ``name``; returns once it has registered."""
         agent = self.agents[name]
+        before = agent.output().count("registered as builder")
         agent.start(self.venv)
-        wait_until(lambda: self.sql("SELECT 1 FROM builders WHERE builder = %s", (name,)),
+        wait_until(lambda: agent.output().count("registered as builder") > before,
                    60, f"{name} to register", diagnostics=self.diagnostics)
         return agent
 
@@ -145,13 +147,14 @@ class MiniFarm:
         """Until ``name``'s build of pwtest-slow ``version`` waits at its gate."""
         build_user = self.agents[name].users.build
 
-        def waiting() -> bool:
-            ps = subprocess.run(["ps", "-o", "args=", "-u", build_user], capture_output=True,
-                                text=True).stdout
-            return "setup.py" in ps or "_in_process" in ps
+        def ps() -> str:
+            return subprocess.run(["ps", "-o", "args=", "-u", build_user], capture_output=True,
+                                  text=True).stdout
 
-        wait_until(waiting, timeout, f"{name} to be building pwtest-slow {version}",
-                   diagnostics=self.diagnostics)
+        # The gate holds the build until the test opens it: running is enough.
+        wait_until(lambda: f"pwtest-slow=={version}" in ps(), timeout,
+                   f"{name} to be building pwtest-slow {version}",
+                   diagnostics=lambda: f"{ps()}\n{self.diagnostics()}")
 
     # -- reports -------------------------------------------------------------
 
@@ -166,6 +169,9 @@ class MiniFarm:
             if agent.proc is not None and agent.proc.poll() is None:
                 agent.proc.kill()
                 agent.proc.wait()
+            # Whatever a killed agent's build left running.
+            subprocess.run(["sudo", "-n", "-u", agent.users.build, "--", "/bin/kill", "-9", "--",
+                            "-1"], capture_output=True)
 
 
 def make_minifarm(pg: object, pg_template: str, upstream_url: str, place: Path,

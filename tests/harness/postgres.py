@@ -64,8 +64,11 @@ class PostgresCluster:
                       "stop"])
 
     def restart(self) -> None:
+        # -l: the new server's output goes to the log, not into this call's pipe
+        # (which would then never reach its end).
         _as_postgres([str(self.bindir / "pg_ctl"), "-D", str(self.data), "-w", "-m", "fast",
-                      "-o", f"-p {self.port} -k {self.socket_dir} -c listen_addresses=127.0.0.1 "
+                      "-l", str(self.base / "server.log"), "-o",
+                      f"-p {self.port} -k {self.socket_dir} -c listen_addresses=127.0.0.1 "
                       "-c fsync=off -c max_connections=200", "restart"])
 
     def destroy(self) -> None:
