@@ -184,13 +184,12 @@ class NotifySocket:
         return any(field in m.split("\n") for m in self.collect())
 
 
-def test_sigterm_hands_the_job_back_after_the_drain_period(farm: MiniFarm, tmp_path: Path):
+def test_sigterm_hands_the_job_back_after_the_drain_period(farm: MiniFarm):
     """Also: the agent tells systemd it is ready, alive while it builds, and stopping."""
     name = "fault_drain"
     agent = farm.add_agent(name, AgentUsers("pwtest-flt-agent3", "pwtest-flt-build3"),
                            builder_drain_seconds=5, **FAST)
-    os.chmod(tmp_path, 0o755)
-    notify = NotifySocket(tmp_path)
+    notify = NotifySocket(world_readable_tempdir("pinwheel-notify-"))
     for other in ("fault_one", "fault_two"):
         farm.agents[other].stop()
     version = "1.5"

@@ -31,6 +31,7 @@ class Notifier:
         if usec.isdigit() and int(usec) > 0 and (not pid or pid == str(os.getpid())):
             self.watchdog_seconds = int(usec) / 1_000_000
         self._last_kick = 0.0
+        self._failing = False
 
     @property
     def enabled(self) -> bool:
@@ -50,8 +51,12 @@ class Notifier:
                 sock.connect(self.address)
                 sock.sendall("\n".join(fields).encode("utf-8", "replace"))
         except OSError as exc:
-            log.warning("cannot notify systemd at %r: %s", self.address, exc)
+            # Said once, not at every watchdog kick.
+            (log.debug if self._failing else log.warning)(
+                "cannot notify systemd at %r: %s", self.address, exc)
+            self._failing = True
             return False
+        self._failing = False
         return True
 
     def ready(self, status: str) -> None:
