@@ -540,11 +540,12 @@ class PinwheelBench:
                 FROM generate_series(0, %(last)s) AS n""", params)
             cur.execute("""
                 INSERT INTO files (build_id, filename, size, sha256, state, package, version,
-                                   python_tag, abi_tag, platform_tag, published_at)
+                                   python_tag, abi_tag, platform_tag, metadata_sha256,
+                                   published_at)
                 SELECT build_id, package || '-' || version || '-cp311-cp311-' || %(plat)s
                                  || '.whl',
                        123456, %(sha)s, 'published', package, version, 'cp311', 'cp311',
-                       %(plat)s, finished_at
+                       %(plat)s, %(sha)s, finished_at
                 FROM builds WHERE package LIKE 'hist-%%'""", params)
         conn.commit()
         conn.close()

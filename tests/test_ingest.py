@@ -149,7 +149,7 @@ def test_good_wheel_is_published_with_metadata_and_index_pages(farm):
 
     page = (www / "simple" / "foo" / "index.html").read_text()
     assert page.startswith("<!DOCTYPE html>")
-    assert '<meta name="pypi:repository-version" content="1.0">' in page
+    assert '<meta name="pypi:repository-version" content="1.4">' in page
     assert (f'<a href="../../packages/foo/{wheel.filename}#sha256={wheel.sha256}" '
             f'data-requires-python="&gt;=3.9"') in page
     assert f'data-core-metadata="sha256={hashlib.sha256(metadata).hexdigest()}"' in page
@@ -521,8 +521,10 @@ def test_new_project_directory_appears_complete_and_readable(farm):
     farm.build([farm.push_wheel()])
     farm.ingest()
     simple = farm.cfg.www_root / "simple"
-    assert sorted(p.name for p in simple.iterdir()) == ["foo", "index.html"], \
+    assert sorted(p.name for p in simple.iterdir()) == ["foo", "index.html", "index.html.gz",
+                                                    "index.json", "index.json.gz"], \
         "no temporary directories are left behind"
+    assert sorted(p.name for p in (simple / "foo").iterdir()) == ["index.html", "index.json"]
     assert oct(os.stat(simple / "foo").st_mode & 0o777) == "0o755"
     assert oct(os.stat(simple / "foo" / "index.html").st_mode & 0o777) == "0o644"
 
