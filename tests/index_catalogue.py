@@ -17,8 +17,11 @@ times, a yanked release and a failed build, and the pages are rebuilt.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
+import shutil
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -26,6 +29,8 @@ from typing import Any
 
 from test_verify import make_wheel
 
+from harness.agents import world_readable_tempdir
+from harness.nginx import NginxServer
 from pinwheel import db, index, ingest
 from pinwheel.config import MasterConfig
 from pinwheel.queue import BuilderQueue, Job, ReportedFile
@@ -137,3 +142,22 @@ def close_catalogue(cat: Catalogue) -> None:
     cat.master.close()
     for queue in cat.queues.values():
         queue.conn.close()
+
+
+@contextlib.contextmanager
+def served_catalogue(pg: Any, pg_template: str,
+                     database: str) -> Iterator[tuple[Catalogue, NginxServer]]:
+    """The catalogue, published into the www root of an nginx of its own."""
+    server = NginxServer()
+    server.start()
+    place = world_readable_tempdir("pinwheel-index-")
+    cat = None
+    try:
+        cat = make_catalogue(pg, pg_template, server.www_root, place, database)
+        yield cat, server
+    finally:
+        if cat is not None:
+            close_catalogue(cat)
+        server.destroy()
+        pg.drop_database(database)
+        shutil.rmtree(place, ignore_errors=True)

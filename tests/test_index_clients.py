@@ -8,16 +8,14 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from index_catalogue import ARM, DEMO, YANK_REASON, Catalogue, close_catalogue, make_catalogue
+from index_catalogue import ARM, DEMO, YANK_REASON, Catalogue, served_catalogue
 
-from harness.agents import world_readable_tempdir
 from harness.nginx import NginxServer
 
 BIN = Path(sys.executable).parent
@@ -27,17 +25,8 @@ UV = str(BIN / "uv")
 
 @pytest.fixture(scope="module")
 def served(pg, pg_template) -> Iterator[tuple[Catalogue, NginxServer]]:
-    server = NginxServer()
-    server.start()
-    place = world_readable_tempdir("pinwheel-index-")
-    cat = make_catalogue(pg, pg_template, server.www_root, place)
-    try:
-        yield cat, server
-    finally:
-        close_catalogue(cat)
-        server.destroy()
-        pg.drop_database(cat.database)
-        shutil.rmtree(place, ignore_errors=True)
+    with served_catalogue(pg, pg_template, "pinwheel_index_clients") as both:
+        yield both
 
 
 def clean_env(tmp_path: Path) -> dict[str, str]:

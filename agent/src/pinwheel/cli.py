@@ -95,6 +95,37 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     return 0
 
 
+# ----------------------------------------------------------------- index
+
+def _progress_bar(stream: Any) -> Any:
+    """A progress callback drawing a bar on ``stream`` (a terminal), or None."""
+    if not stream.isatty():
+        return None
+
+    def show(done: int, total: int, package: str) -> None:
+        width = 30
+        filled = width * done // max(total, 1)
+        stream.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total} "
+                     f"{package[:40]:<40}")
+        if done == total:
+            stream.write("\n")
+        stream.flush()
+    return show
+
+
+def cmd_index_rebuild(args: argparse.Namespace) -> int:
+    from . import index, ingest
+    cfg = MasterConfig.load(args.config)
+    conn = db.connect(cfg.dsn, application_name="pinwheel-index")
+    try:
+        n = index.rebuild(conn, cfg.www_root, ingest.index_options(cfg),
+                          progress=_progress_bar(sys.stderr))
+    finally:
+        conn.close()
+    print(f"wrote the pages of {n} project(s) and the root page under {cfg.www_root}")
+    return 0
+
+
 # ------------------------------------------------------------- operators
 
 def cmd_add(args: argparse.Namespace) -> int:
@@ -190,6 +221,12 @@ def parser() -> argparse.ArgumentParser:
     ing.add_argument("--config", default=MASTER_CONF, help=f"default {MASTER_CONF}")
     ing.add_argument("--once", action="store_true", help="process what is pending, then exit")
     ing.set_defaults(func=cmd_ingest)
+
+    idx = sub.add_parser("index", help="the static index nginx serves (master)")
+    idxsub = idx.add_subparsers(dest="index_command", required=True, metavar="ACTION")
+    rb = idxsub.add_parser("rebuild", help="rewrite every project's pages and the root page")
+    rb.add_argument("--config", default=MASTER_CONF, help=f"default {MASTER_CONF}")
+    rb.set_defaults(func=cmd_index_rebuild)
 
     add = sub.add_parser("add", help="queue builds of a project from the upstream index")
     add.add_argument("name", help="project name, any spelling")
