@@ -35,7 +35,7 @@ from harness.index_checks import (
 )
 from harness.nginx import NginxServer
 from harness.templates import write_role_template
-from pinwheel import index, simple_index
+from pinwheel import index, ingest, simple_index
 
 JSON = "application/vnd.pypi.simple.v1+json"
 V1HTML = "application/vnd.pypi.simple.v1+html"
@@ -214,6 +214,9 @@ def test_a_quarantined_project_lists_no_files_and_says_why(served):
         assert doc["files"] == [] and doc["versions"] == []
         tree = parse_html(fetch(url(served, f"/simple/{ARM}/")).body)
         assert list(tree.iter("a")) == []
+        page = json.loads(fetch(url(served, f"/project/{ARM}/json/")).body)
+        assert page["status"] == {"status": "quarantined", "reason": "malware reported"}
+        assert page["files"] == []
     finally:
         cat.admin("SELECT project_set_status(%s, 'active')", (ARM,))
         index.write_project(cat.master, cat.cfg.www_root, ARM, cat.options(True))
@@ -354,3 +357,30 @@ def test_index_rebuild_command_regenerates_everything(served, tmp_path):
         assert (server.www_root / path).is_file(), path
     doc = json.loads(fetch(url(served, f"/simple/{ARM}/"), JSON).body)
     assert len(doc["files"]) == 3, "the armv6l alias is listed (armv6l_alias = true)"
+
+
+def test_ingesting_a_build_rewrites_only_that_projects_pages_and_the_root_if_new(served):
+    cat, server = served
+    www = server.www_root
+    untouched = [www / "simple" / ARM / "index.html", www / "simple" / ARM / "index.json",
+                 www / "project" / ARM / "index.html", www / "simple" / DEMO / "index.json"]
+    before = {p: p.stat().st_mtime_ns for p in untouched}
+    root_before = (www / "simple" / "index.html").read_bytes()
+    cat.release("pwidx-new", "pwidx-new", "1.0")
+    cat.build("ix_x86", "pwidx-new", "1.0", "py3-none-any")
+    try:
+        assert ingest.process_pending(cat.master, cat.cfg) == 1
+        assert {p: p.stat().st_mtime_ns for p in untouched} == before
+        doc = json.loads(fetch(url(served, "/simple/pwidx-new/"), JSON).body)
+        validate(doc, SIMPLE_PROJECT_SCHEMA)
+        assert doc["versions"] == ["1.0"]
+        assert (www / "project" / "pwidx-new" / "index.html").is_file()
+        root = json.loads(fetch(url(served, "/simple/"), JSON).body)
+        assert {"name": "pwidx-new"} in root["projects"], "a new project rewrites the root"
+        assert (www / "simple" / "index.html").read_bytes() != root_before
+    finally:
+        cat.admin("UPDATE files SET state = 'quarantined', reason = 'test over' "
+                  "WHERE package = 'pwidx-new'")
+        for parent in ("simple", "project"):
+            subprocess.run(["rm", "-rf", str(www / parent / "pwidx-new")], check=True)
+        index.write_root(cat.master, cat.cfg.www_root)

@@ -179,6 +179,8 @@ def _grid(data: ProjectData) -> str:
 
 
 def _files(data: ProjectData) -> str:
+    if data.status.status == "quarantined":
+        return "<p>The files of a quarantined project are not offered.</p>\n"
     if not data.files:
         return "<p>No files yet.</p>\n"
     rows = []
@@ -254,6 +256,7 @@ def project_json(data: ProjectData, metadata: bytes | None, index_url: str = "")
             "requires_python": rel.requires_python,
             "builds": builds,
         })
+    shown = [] if data.status.status == "quarantined" else data.files
     files = [{
         "filename": p.file.filename,
         "version": p.file.version,
@@ -265,7 +268,7 @@ def project_json(data: ProjectData, metadata: bytes | None, index_url: str = "")
         "platform_tag": p.platform_tag,
         "upload_time": upload_time(p.file.upload_time) if p.file.upload_time else None,
         "build_id": p.build_id,
-    } for p in sorted(data.files, key=lambda p: (version_key(p.file.version), p.file.filename),
+    } for p in sorted(shown, key=lambda p: (version_key(p.file.version), p.file.filename),
                       reverse=True)]
     return {
         "name": data.package,
