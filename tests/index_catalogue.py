@@ -71,8 +71,9 @@ class Catalogue:
                    (package, version, requires_python))
 
     def claim(self, builder: str, package: str, version: str) -> Job:
-        self.admin("INSERT INTO jobs (package, version, abi) VALUES (%s, %s, 'cp311')",
-                   (package, version))
+        self.admin("INSERT INTO jobs (package, version, abi, platform) "
+                   "SELECT %s, %s, abi, platform FROM builders WHERE builder = %s",
+                   (package, version, builder))
         job = self.queues[builder].claim()
         assert job is not None and (job.package, job.version) == (package, version)
         return job

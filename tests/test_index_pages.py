@@ -263,11 +263,12 @@ def test_project_json_has_the_same_data_for_machines(served):
     assert resp.status == 200 and resp.header("Content-Type") == "application/json"
     doc = json.loads(resp.body)
     assert doc["name"] == DEMO and doc["display_name"] == DEMO_DISPLAY
-    assert doc["abis"] == ["cp311"]
-    states = {r["version"]: r["builds"]["cp311"]["state"] for r in doc["releases"]}
+    # One column per build target: both builders are cp311, on two platforms.
+    assert doc["targets"] == ["cp311-linux_armv7l", "cp311-linux_x86_64"]
+    states = {r["version"]: r["builds"]["cp311-linux_x86_64"]["state"] for r in doc["releases"]}
     assert states == {"3.0": "failed", "2.0": "built", "1.2": "built", "1.1": "built",
                       "1.0": "built"}
-    failed = doc["releases"][0]["builds"]["cp311"]
+    failed = doc["releases"][0]["builds"]["cp311-linux_x86_64"]
     assert failed["log_url"] == f"/logs/{cat.failed_build}.log"
     assert fetch(url(served, failed["log_url"])).status == 200
     assert [r["version"] for r in doc["releases"] if r["yanked"]] == ["1.1"]

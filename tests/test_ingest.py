@@ -440,14 +440,15 @@ def wait_for(condition, what: str, timeout: float = 30.0) -> None:
 
 def expired_lease_of_a_departed_builder(farm: Farm) -> int:
     """A cp39 job leased by a builder that went away: no claim will ever requeue it."""
-    farm.admin("INSERT INTO abis (abi) VALUES ('cp39')")
+    farm.admin("INSERT INTO targets (abi, platform) VALUES ('cp39', 'linux_armv7l')")
     farm.admin("INSERT INTO builders (builder, abi, platform) "
                "VALUES ('ib_gone', 'cp39', 'linux_armv7l')")
     farm.admin("INSERT INTO packages (package, display_name) VALUES ('baz', 'baz')")
     farm.admin("INSERT INTO versions (package, version, has_sdist) VALUES ('baz', '1.0', true)")
     return farm.admin(
-        "INSERT INTO jobs (package, version, abi, state, builder, lease_token, lease_expires, "
-        "attempts) VALUES ('baz', '1.0', 'cp39', 'leased', 'ib_gone', gen_random_uuid(), "
+        "INSERT INTO jobs (package, version, abi, platform, state, builder, lease_token, "
+        "lease_expires, attempts) VALUES ('baz', '1.0', 'cp39', 'linux_armv7l', 'leased', "
+        "'ib_gone', gen_random_uuid(), "
         "now() - interval '1 second', 1) RETURNING job_id")[0][0]
 
 

@@ -158,7 +158,8 @@ class Agent:
 
     def _wait_for_work(self, queue: BuilderQueue) -> bool:
         wake = (self._wake_r,) if self._wake_r is not None else ()
-        return queue.wait_for_work(self.abi, self.cfg.poll_seconds, wake)
+        return queue.wait_for_work(names.target(self.abi, self.platform), self.cfg.poll_seconds,
+                                   wake)
 
     def handle(self, job: Job) -> None:
         log.info("job %d: building %s %s for %s (attempt %d)", job.job_id, job.package,

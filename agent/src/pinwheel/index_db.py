@@ -35,17 +35,18 @@ _RELEASES = """
       FROM versions WHERE package = %s
 """
 _LATEST_BUILDS = """
-    SELECT DISTINCT ON (b.version, b.abi)
-           b.version, b.abi, b.build_id, b.status, b.log_path, b.ingest_state,
+    SELECT DISTINCT ON (b.version, b.abi, b.platform)
+           b.version, b.abi || '-' || b.platform, b.build_id, b.status, b.log_path, b.ingest_state,
            extract(epoch FROM b.duration)::float8, b.finished_at, b.builder,
            EXISTS (SELECT 1 FROM files f WHERE f.build_id = b.build_id
                                            AND f.state = 'published')
       FROM builds b
      WHERE b.package = %s
-     ORDER BY b.version, b.abi, b.build_id DESC
+     ORDER BY b.version, b.abi, b.platform, b.build_id DESC
 """
-_JOBS = "SELECT version, abi, state FROM jobs WHERE package = %s"
-_ABIS = "SELECT abi, skip_reason FROM abis ORDER BY abi"
+# Build targets by name, as names.target() spells them: cp311-linux_armv7l.
+_JOBS = "SELECT version, abi || '-' || platform, state FROM jobs WHERE package = %s"
+_TARGETS = "SELECT abi || '-' || platform, skip_reason FROM targets ORDER BY abi, platform"
 
 
 @dataclass(frozen=True)
@@ -72,10 +73,10 @@ class Release:
 
 @dataclass(frozen=True)
 class Build:
-    """The latest build of one release on one ABI."""
+    """The latest build of one release for one target (an ABI on a platform)."""
 
     version: str
-    abi: str
+    target: str
     build_id: int
     status: str              # success, failed, timeout, abandoned
     log_path: str | None     # relative to www_root, e.g. logs/12.log.gz
@@ -95,8 +96,8 @@ class ProjectData:
     files: list[PublishedFile] = field(default_factory=list)
     releases: list[Release] = field(default_factory=list)
     builds: dict[tuple[str, str], Build] = field(default_factory=dict)
-    jobs: dict[tuple[str, str], str] = field(default_factory=dict)  # (version, abi) -> state
-    abis: dict[str, str | None] = field(default_factory=dict)       # abi -> skip reason
+    jobs: dict[tuple[str, str], str] = field(default_factory=dict)  # (version, target) -> state
+    targets: dict[str, str | None] = field(default_factory=dict)    # target -> skip reason
 
     @property
     def index_files(self) -> list[IndexFile]:
@@ -154,9 +155,9 @@ def load_project(conn: Any, package: str) -> ProjectData:
         cur.execute(_LATEST_BUILDS, (package,))
         for r in cur.fetchall():
             build = Build(*r)
-            data.builds[(build.version, build.abi)] = build
+            data.builds[(build.version, build.target)] = build
         cur.execute(_JOBS, (package,))
         data.jobs = {(v, a): s for v, a, s in cur.fetchall()}
-        cur.execute(_ABIS)
-        data.abis = dict(cur.fetchall())
+        cur.execute(_TARGETS)
+        data.targets = dict(cur.fetchall())
     return data

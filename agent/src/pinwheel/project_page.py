@@ -66,11 +66,11 @@ def _log_path(build: Build) -> str | None:
     return build.log_path[:-len(".gz")]
 
 
-def cell(data: ProjectData, version: str, abi: str, release_skip: str | None,
+def cell(data: ProjectData, version: str, target: str, release_skip: str | None,
          has_sdist: bool) -> Cell:
-    """The state of ``version`` on ``abi``: a live job first, then the latest build."""
-    job = data.jobs.get((version, abi))
-    build = data.builds.get((version, abi))
+    """The state of ``version`` for ``target``: a live job first, then the latest build."""
+    job = data.jobs.get((version, target))
+    build = data.builds.get((version, target))
     if job is not None:
         return Cell("building" if job == "leased" else "pending",
                     note="building now" if job == "leased" else "queued")
@@ -84,7 +84,7 @@ def cell(data: ProjectData, version: str, abi: str, release_skip: str | None,
         if build.status == "success":
             return Cell("failed", build.build_id, log, "refused by the master's checks")
         return Cell("failed", build.build_id, log, build.status)
-    reason = data.skip_reason or release_skip or data.abis.get(abi)
+    reason = data.skip_reason or release_skip or data.targets.get(target)
     if reason:
         return Cell("skipped", note=reason)
     if not has_sdist:
@@ -92,10 +92,10 @@ def cell(data: ProjectData, version: str, abi: str, release_skip: str | None,
     return Cell("none")
 
 
-def grid_abis(data: ProjectData) -> list[str]:
-    """Columns: the active ABIs, plus any other ABI this project has builds or jobs for."""
-    used = {abi for _, abi in data.builds} | {abi for _, abi in data.jobs}
-    return sorted(a for a, skip in data.abis.items() if skip is None or a in used)
+def grid_targets(data: ProjectData) -> list[str]:
+    """Columns: the active targets, plus any other this project has builds or jobs for."""
+    used = {t for _, t in data.builds} | {t for _, t in data.jobs}
+    return sorted(t for t, skip in data.targets.items() if skip is None or t in used)
 
 
 def releases_newest_first(data: ProjectData) -> list[Any]:
@@ -153,11 +153,11 @@ def install_line(data: ProjectData, index_url: str) -> str:
 
 
 def _grid(data: ProjectData) -> str:
-    abis = grid_abis(data)
+    targets = grid_targets(data)
     releases = releases_newest_first(data)
-    if not releases or not abis:
+    if not releases or not targets:
         return "<p>No builds yet.</p>\n"
-    head = "".join(f'<th scope="col">{_e(a)}</th>' for a in abis)
+    head = "".join(f'<th scope="col">{_e(t)}</th>' for t in targets)
     rows = []
     for rel in releases:
         label = _e(rel.version)
@@ -165,8 +165,8 @@ def _grid(data: ProjectData) -> str:
             reason = f": {_e(rel.yanked_reason)}" if rel.yanked_reason else ""
             label += f' <span class="yanked">yanked{reason}</span>'
         cells = []
-        for abi in abis:
-            c = cell(data, rel.version, abi, rel.skip_reason, rel.has_sdist)
+        for target in targets:
+            c = cell(data, rel.version, target, rel.skip_reason, rel.has_sdist)
             text = _e(STATES[c.state])
             if c.log_path:
                 text = f'<a href="../../{_e(c.log_path)}">{text}</a>'
@@ -239,13 +239,13 @@ def render_html(data: ProjectData, metadata: bytes | None, index_url: str = "") 
 
 def project_json(data: ProjectData, metadata: bytes | None, index_url: str = "") -> dict[str, Any]:
     summary, long = description(metadata)
-    abis = grid_abis(data)
+    targets = grid_targets(data)
     releases = []
     for rel in releases_newest_first(data):
         builds = {}
-        for abi in abis:
-            c = cell(data, rel.version, abi, rel.skip_reason, rel.has_sdist)
-            builds[abi] = {"state": c.state, "build_id": c.build_id,
+        for target in targets:
+            c = cell(data, rel.version, target, rel.skip_reason, rel.has_sdist)
+            builds[target] = {"state": c.state, "build_id": c.build_id,
                            "log_url": f"/{c.log_path}" if c.log_path else None, "note": c.note}
         releases.append({
             "version": rel.version,
@@ -278,7 +278,7 @@ def project_json(data: ProjectData, metadata: bytes | None, index_url: str = "")
         "summary": summary,
         "description": long,
         "install": install_line(data, index_url),
-        "abis": abis,
+        "targets": targets,
         "releases": releases,
         "files": files,
     }
