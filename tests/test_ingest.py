@@ -479,6 +479,29 @@ def test_serve_ingests_on_notify_survives_a_lost_connection_and_requeues_leases(
     assert not thread.is_alive()
 
 
+def test_serve_rebuilds_an_index_written_by_an_older_pinwheel_when_it_starts(farm):
+    """An upgraded master does not serve old pages beside new ones."""
+    farm.build([farm.push_wheel()])
+    farm.ingest()
+    page_dir = farm.cfg.www_root / "simple" / "foo"
+    # As the first index writer left it: HTML only, no JSON variant, no stamp.
+    (page_dir / index.JSON_FILE).unlink()
+    (page_dir / index.INDEX_FILE).write_text("<!DOCTYPE html><title>old</title>")
+    (farm.cfg.www_root / index.FORMAT_STAMP).unlink(missing_ok=True)
+    assert not index.is_current(farm.cfg.www_root)
+    stop = threading.Event()
+    thread = threading.Thread(target=ingest.serve, args=(farm.cfg, stop),
+                              kwargs={"poll_seconds": 3600, "janitor_seconds": 3600})
+    thread.start()
+    try:
+        wait_for(lambda: index.is_current(farm.cfg.www_root), "the index to be rebuilt")
+    finally:
+        stop.set()
+        thread.join(30)
+    assert (page_dir / index.JSON_FILE).is_file()
+    assert "foo-1.0-py3-none-any.whl" in (page_dir / index.INDEX_FILE).read_text()
+
+
 def test_serve_keeps_retrying_an_unreachable_database_until_stopped(tmp_path, caplog):
     cfg = MasterConfig(dsn=f"host=127.0.0.1 port={free_port()} user=x password=x dbname=x",
                        www_root=tmp_path / "www", incoming_root=tmp_path / "in",

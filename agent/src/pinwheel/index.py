@@ -58,10 +58,18 @@ PROJECT_LOCK = 0x70776970  # "pwip"
 ROOT_LOCK = 0x70777274     # "pwrt"
 INDEX_FILE = "index.html"
 JSON_FILE = "index.json"
+# What the pages this writer produces look like. Bump it whenever a change
+# needs every existing page rewritten: the ingest service then rebuilds the
+# whole index once when it starts on the new code (an upgrade of a running
+# farm), instead of serving old pages beside new ones.
+#   1  PEP 503 HTML only
+#   2  Simple API 1.4 (HTML and JSON), project pages with a column per build target
+INDEX_FORMAT = "2"
+FORMAT_STAMP = ".pinwheel-index-format"  # in www_root, written last by rebuild()
 
-__all__ = ["INDEX_FILE", "JSON_FILE", "PROJECT_LOCK", "ROOT_LOCK", "IndexFile", "IndexOptions",
-           "check_package", "rebuild", "render_project", "render_root", "write_project",
-           "write_root"]
+__all__ = ["FORMAT_STAMP", "INDEX_FILE", "INDEX_FORMAT", "JSON_FILE", "PROJECT_LOCK", "ROOT_LOCK",
+           "IndexFile", "IndexOptions", "check_package", "is_current", "rebuild", "render_project",
+           "render_root", "write_project", "write_root"]
 
 
 @dataclass(frozen=True)
@@ -267,4 +275,13 @@ def rebuild(conn: Any, www_root: Path, options: IndexOptions = DEFAULT_OPTIONS,
         if progress:
             progress(n, len(packages), package)
     write_root(conn, www_root, force=True)
+    fsutil.atomic_write_bytes(www_root / FORMAT_STAMP, f"{INDEX_FORMAT}\n".encode())
     return len(packages)
+
+
+def is_current(www_root: Path) -> bool:
+    """Whether the index under ``www_root`` was rebuilt by this version's writer."""
+    try:
+        return (www_root / FORMAT_STAMP).read_text(encoding="utf-8").strip() == INDEX_FORMAT
+    except (FileNotFoundError, UnicodeDecodeError):
+        return False

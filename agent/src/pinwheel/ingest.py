@@ -530,6 +530,11 @@ def _session(cfg: MasterConfig, stop: threading.Event, poll_seconds: float,
         return
     log.info("connected; listening on %s", INGEST_CHANNEL)
     try:
+        if not index.is_current(cfg.www_root):
+            log.info("the index is missing or was written by an older pinwheel: rebuilding "
+                     "every page (format %s)", index.INDEX_FORMAT)
+            count = index.rebuild(conn, cfg.www_root, index_options(cfg))
+            log.info("index rebuilt: %d project(s)", count)
         _run(conn, cfg, stop, poll_seconds, janitor_seconds, state)
     except (db.DatabaseUnavailable, psycopg2.OperationalError, psycopg2.InterfaceError) as exc:
         log.warning("lost the database: %s", str(exc).strip())
