@@ -989,12 +989,13 @@ def render_section(cfg: Config, machine: dict[str, str], runs: list[RunResult],
         "BuilderQueue` (psycopg2), each a SECURITY DEFINER function run as the builder's own "
         "login role (TCP, scram-sha-256; every client has its own role): `claim_job(300)` "
         "(looks the builder up, updates its `last_seen`, checks for expired leases, locks the "
-        "first queued job of its ABI with `FOR UPDATE SKIP LOCKED` and leases it), "
+        "first queued job of its build target (ABI and platform) with `FOR UPDATE SKIP LOCKED` "
+        "and leases it), "
         "`heartbeat(job, token, 300)` (checks the lease and token, extends the lease), "
         "`finish_job(..., 'success', ..., files)` with one reported wheel file (validates the "
         "report, inserts a `builds` row and a `files` row, deletes the job, NOTIFYs ingest). "
-        "The backlog is one ABI (`cp311`), one job per release, queued with set-based SQL as "
-        "the superuser.",
+        "The backlog is one target (`cp311-linux_x86_64`), one job per release, queued with "
+        "set-based SQL as the superuser.",
         "- **pgqueuer**, per job, three round trips through its own API (`pgqueuer.queries."
         "Queries` over asyncpg on uvloop, one consumer role over TCP, scram-sha-256): "
         "`dequeue(batch_size=1)` (locks the first queued job of the entrypoint with `FOR "
