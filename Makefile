@@ -12,7 +12,7 @@ PYTHON ?= python3
 VENV := .venv
 CACHE := .cache
 SEED := $(CACHE)/upstream-seed
-APT_PACKAGES := postgresql nginx-light openssh-server openssh-client rsync sudo procps \
+APT_PACKAGES := postgresql nginx-light libnginx-mod-http-perl openssh-server openssh-client rsync sudo procps \
 	python3 python3-venv python3-pip python3-dev python3-psycopg2 python3-setuptools \
 	build-essential libpq-dev gzip
 export PINWHEEL_SEED_DIR := $(abspath $(SEED))

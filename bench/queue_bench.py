@@ -490,7 +490,8 @@ class PinwheelBench:
         pg.create_database(dbname)
         conn = pg.admin(dbname)
         with conn.cursor() as cur:
-            cur.execute("INSERT INTO pinwheel.abis (abi) VALUES (%s)", (ABI,))
+            cur.execute("INSERT INTO pinwheel.targets (abi, platform) VALUES (%s, %s)",
+                        (ABI, PLATFORM))
         conn.close()
 
     def builder_dsn(self, i: int) -> str:
@@ -531,20 +532,21 @@ class PinwheelBench:
                 SELECT 'hist-' || (n / %(per)s), '0.' || n, true, now() - interval '1 year'
                 FROM generate_series(0, %(last)s) AS n""", params)
             cur.execute("""
-                INSERT INTO builds (job_id, package, version, abi, status, attempts,
+                INSERT INTO builds (job_id, package, version, abi, platform, status, attempts,
                                     started_at, finished_at, duration, ingest_state,
                                     ingested_at)
-                SELECT -1 - n, 'hist-' || (n / %(per)s), '0.' || n, %(abi)s, 'success', 1,
+                SELECT -1 - n, 'hist-' || (n / %(per)s), '0.' || n, %(abi)s, %(plat)s, 'success', 1,
                        now() - make_interval(secs => n + 60), now() - make_interval(secs => n),
                        interval '60 seconds', 'done', now() - make_interval(secs => n)
                 FROM generate_series(0, %(last)s) AS n""", params)
             cur.execute("""
                 INSERT INTO files (build_id, filename, size, sha256, state, package, version,
-                                   python_tag, abi_tag, platform_tag, published_at)
+                                   python_tag, abi_tag, platform_tag, metadata_sha256,
+                                   published_at)
                 SELECT build_id, package || '-' || version || '-cp311-cp311-' || %(plat)s
                                  || '.whl',
                        123456, %(sha)s, 'published', package, version, 'cp311', 'cp311',
-                       %(plat)s, finished_at
+                       %(plat)s, %(sha)s, finished_at
                 FROM builds WHERE package LIKE 'hist-%%'""", params)
         conn.commit()
         conn.close()
@@ -572,10 +574,11 @@ class PinwheelBench:
                 FROM generate_series(%(first)s, %(last)s) AS n""",
                         {"per": VERSIONS_PER_PACKAGE, "first": first, "last": last})
             cur.execute("""
-                INSERT INTO jobs (package, version, abi)
-                SELECT 'bench-' || (n / %(per)s), '1.0.' || n, %(abi)s
+                INSERT INTO jobs (package, version, abi, platform)
+                SELECT 'bench-' || (n / %(per)s), '1.0.' || n, %(abi)s, %(plat)s
                 FROM generate_series(%(first)s, %(last)s) AS n ORDER BY n""",
-                        {"per": VERSIONS_PER_PACKAGE, "first": first, "last": last, "abi": ABI})
+                        {"per": VERSIONS_PER_PACKAGE, "first": first, "last": last, "abi": ABI,
+                         "plat": PLATFORM})
         conn.commit()
         conn.close()
 
@@ -600,12 +603,13 @@ PGQ_DEQUEUE_QUERY = """
     FOR UPDATE SKIP LOCKED"""
 
 
-def probe_claim(pg: PostgresCluster, dbname: str, query: str, arg: str) -> dict[str, float]:
+def probe_claim(pg: PostgresCluster, dbname: str, query: str,
+                args: tuple[str, ...]) -> dict[str, float]:
     """EXPLAIN ANALYZE the claim (or dequeue) query once, in a transaction rolled back."""
     conn = pg.admin(dbname)
     with conn.cursor() as cur:
         cur.execute("BEGIN")
-        cur.execute("EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) " + query, (arg,))
+        cur.execute("EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) " + query, args)
         raw = cur.fetchone()[0]
         cur.execute("ROLLBACK")
     conn.close()
@@ -700,7 +704,7 @@ class LatencyResult:
 
 CLAIM_QUERY = """
     SELECT j.job_id FROM pinwheel.jobs j
-    WHERE j.state = 'queued' AND j.abi = %s
+    WHERE j.state = 'queued' AND j.abi = %s AND j.platform = %s
     ORDER BY j.priority DESC, j.queued_at, j.job_id
     LIMIT 1
     FOR UPDATE SKIP LOCKED"""
@@ -756,7 +760,7 @@ def claim_latency(pg: PostgresCluster, backlog: int, claims: int,
             server[f"{name} total"] = round(float(total), 4)
             server[f"{name} self"] = round(float(self_ms), 4)
         cur.execute("BEGIN")
-        cur.execute("EXPLAIN (ANALYZE, BUFFERS, TIMING) " + CLAIM_QUERY, (ABI,))
+        cur.execute("EXPLAIN (ANALYZE, BUFFERS, TIMING) " + CLAIM_QUERY, (ABI, PLATFORM))
         plan = "\n".join(row[0] for row in cur.fetchall())
         cur.execute("ROLLBACK")
     conn.close()
@@ -985,12 +989,13 @@ def render_section(cfg: Config, machine: dict[str, str], runs: list[RunResult],
         "BuilderQueue` (psycopg2), each a SECURITY DEFINER function run as the builder's own "
         "login role (TCP, scram-sha-256; every client has its own role): `claim_job(300)` "
         "(looks the builder up, updates its `last_seen`, checks for expired leases, locks the "
-        "first queued job of its ABI with `FOR UPDATE SKIP LOCKED` and leases it), "
+        "first queued job of its build target (ABI and platform) with `FOR UPDATE SKIP LOCKED` "
+        "and leases it), "
         "`heartbeat(job, token, 300)` (checks the lease and token, extends the lease), "
         "`finish_job(..., 'success', ..., files)` with one reported wheel file (validates the "
         "report, inserts a `builds` row and a `files` row, deletes the job, NOTIFYs ingest). "
-        "The backlog is one ABI (`cp311`), one job per release, queued with set-based SQL as "
-        "the superuser.",
+        "The backlog is one target (`cp311-linux_x86_64`), one job per release, queued with "
+        "set-based SQL as the superuser.",
         "- **pgqueuer**, per job, three round trips through its own API (`pgqueuer.queries."
         "Queries` over asyncpg on uvloop, one consumer role over TCP, scram-sha-256): "
         "`dequeue(batch_size=1)` (locks the first queued job of the entrypoint with `FOR "
@@ -1057,9 +1062,9 @@ def _throughput(cfg: Config, pw: PinwheelBench, pq: PgqueuerBench | None,
         r = run_clients(system, target, args, warmup, cfg.seconds, start, pw.pg.data)
         r.backlog_at_end = bench.queued()
         if isinstance(bench, PinwheelBench):
-            r.probe_after = probe_claim(bench.pg, bench.dbname, CLAIM_QUERY, ABI)
+            r.probe_after = probe_claim(bench.pg, bench.dbname, CLAIM_QUERY, (ABI, PLATFORM))
         else:
-            r.probe_after = probe_claim(bench.pg, PGQ_DB, PGQ_DEQUEUE_QUERY, PGQ_ENTRYPOINT)
+            r.probe_after = probe_claim(bench.pg, PGQ_DB, PGQ_DEQUEUE_QUERY, (PGQ_ENTRYPOINT,))
         log(f"  {r.per_second:,.0f}/s  p50 {r.p50_ms:.2f} ms  p99 {r.p99_ms:.2f} ms"
             + ("  (THE BACKLOG RAN OUT)" if r.empty_polls or not r.backlog_at_end else "")
             + f"; CPU µs/cycle: postgres {r.cpu_us_per_cycle(r.cores_postgres):.0f}, "

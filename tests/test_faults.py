@@ -1,7 +1,7 @@
 """Faults around real agents: killed agents, a restarted database, an unreachable master,
 SIGTERM, a full disk. Every job must end up built exactly once, with nobody's help.
 
-Builds of ``pwtest-slow`` wait at a gate the test opens (tests/upstream/pwtest-slow),
+Builds of ``pwtest-gated`` wait at a gate the test opens (tests/upstream/pwtest-gated),
 so each fault happens while a build surely runs. The recovery times measured are
 printed and appended to ``.cache/reliability.jsonl`` (docs/reliability.md).
 """
@@ -68,11 +68,11 @@ def builder_of(farm: MiniFarm, job_id: int) -> str:
 
 
 def started_builds(farm: MiniFarm, name: str, version: str) -> int:
-    return farm.agents[name].output().count(f"building pwtest-slow {version} ")
+    return farm.agents[name].output().count(f"building pwtest-gated {version} ")
 
 
 def assert_built_once(farm: MiniFarm, version: str) -> tuple:
-    rows = farm.builds("pwtest-slow", version)
+    rows = farm.builds("pwtest-gated", version)
     assert len(rows) == 1, rows
     assert rows[0][2] == "success", (rows, farm.diagnostics())
     assert not farm.sql("SELECT 1 FROM jobs WHERE version = %s", (version,))
@@ -82,7 +82,7 @@ def assert_built_once(farm: MiniFarm, version: str) -> tuple:
 def test_kill_9_mid_build_job_returns_after_its_lease_and_is_built_once(farm: MiniFarm):
     version = "1.0"
     farm.close_gate(version)
-    job_id = farm.queue("pwtest-slow", version)
+    job_id = farm.queue("pwtest-gated", version)
     wait_until(lambda: farm.sql("SELECT 1 FROM jobs WHERE job_id = %s AND state = 'leased'",
                                 (job_id,)), 60, "the job to be claimed")
     name = builder_of(farm, job_id)
@@ -94,7 +94,7 @@ def test_kill_9_mid_build_job_returns_after_its_lease_and_is_built_once(farm: Mi
     farm.start(name)   # registered: its leftovers were killed before
     assert build_processes(agent.users) == []
     farm.open_gate(version)
-    farm.wait_built("pwtest-slow", version)
+    farm.wait_built("pwtest-gated", version)
     recovery = time.monotonic() - t0
     row = assert_built_once(farm, version)
     assert row[4] == 2, f"the job came back once (attempt 2), got {row}"
@@ -106,7 +106,7 @@ def test_postgres_restarted_while_building_and_while_idle(farm: MiniFarm):
     versions = ["1.1", "1.2"]
     for v in versions:
         farm.close_gate(v)
-    jobs = [farm.queue("pwtest-slow", v) for v in versions]
+    jobs = [farm.queue("pwtest-gated", v) for v in versions]
     wait_until(lambda: farm.sql("SELECT count(*) FROM jobs WHERE state = 'leased'")[0][0] == 2,
                120, "both jobs to be claimed", diagnostics=farm.diagnostics)
     for job_id, v in zip(jobs, versions):
@@ -116,7 +116,7 @@ def test_postgres_restarted_while_building_and_while_idle(farm: MiniFarm):
     for v in versions:
         farm.open_gate(v)
     for v in versions:
-        farm.wait_built("pwtest-slow", v)
+        farm.wait_built("pwtest-gated", v)
     record("PostgreSQL restarted while two agents build", time.monotonic() - t0)
     for v in versions:
         row = assert_built_once(farm, v)
@@ -126,8 +126,8 @@ def test_postgres_restarted_while_building_and_while_idle(farm: MiniFarm):
     farm.pg.restart()  # type: ignore[attr-defined]
     t0 = time.monotonic()
     farm.open_gate("1.3")
-    farm.queue("pwtest-slow", "1.3")
-    farm.wait_built("pwtest-slow", "1.3")
+    farm.queue("pwtest-gated", "1.3")
+    farm.wait_built("pwtest-gated", "1.3")
     record("PostgreSQL restarted while agents are idle", time.monotonic() - t0)
     assert_built_once(farm, "1.3")
     farm.check_agents()  # nobody restarted them
@@ -138,7 +138,7 @@ def test_postgres_restarted_while_building_and_while_idle(farm: MiniFarm):
 def test_master_unreachable_during_a_push_is_retried_without_rebuilding(farm: MiniFarm):
     version = "1.4"
     farm.close_gate(version)
-    job_id = farm.queue("pwtest-slow", version)
+    job_id = farm.queue("pwtest-gated", version)
     wait_until(lambda: farm.sql("SELECT 1 FROM jobs WHERE job_id = %s AND state = 'leased'",
                                 (job_id,)), 60, "the job to be claimed")
     name = builder_of(farm, job_id)
@@ -152,12 +152,12 @@ def test_master_unreachable_during_a_push_is_retried_without_rebuilding(farm: Mi
                diagnostics=farm.diagnostics)
     farm.sshd.resume()
     t_up = time.monotonic()
-    farm.wait_built("pwtest-slow", version)
+    farm.wait_built("pwtest-gated", version)
     recovery = time.monotonic() - t_up
     row = assert_built_once(farm, version)
     assert row[4] == 1, f"never handed back nor rebuilt: {row}"
     assert started_builds(farm, name, version) == 1, agent.output()[-3000:]
-    assert (farm.sshd.incoming_root / name / "pwtest_slow-1.4-py3-none-any.whl").exists()
+    assert (farm.sshd.incoming_root / name / "pwtest_gated-1.4-py3-none-any.whl").exists()
     record("master's sshd stopped during a push", recovery,
            outage_seconds=round(t_up - t_down, 1))
 
@@ -196,7 +196,7 @@ def test_sigterm_hands_the_job_back_after_the_drain_period(farm: MiniFarm):
     farm.close_gate(version)
     agent.start(farm.venv, env={"NOTIFY_SOCKET": str(notify.path), "WATCHDOG_USEC": "4000000"})
     wait_until(lambda: notify.seen("READY=1"), 60, "READY=1", diagnostics=farm.diagnostics)
-    job_id = farm.queue("pwtest-slow", version)
+    job_id = farm.queue("pwtest-gated", version)
     farm.wait_building(name, version)
     notify.messages.clear()
     wait_until(lambda: notify.seen("WATCHDOG=1"), 30, "WATCHDOG=1 while building")
@@ -211,7 +211,7 @@ def test_sigterm_hands_the_job_back_after_the_drain_period(farm: MiniFarm):
     assert build_processes(agent.users) == []
     farm.open_gate(version)
     agent.start(farm.venv)
-    farm.wait_built("pwtest-slow", version)
+    farm.wait_built("pwtest-gated", version)
     assert_built_once(farm, version)
     record("SIGTERM during a build, drain period 5 s", handed_back)
     agent.stop()
@@ -229,10 +229,10 @@ def test_a_full_disk_pauses_claims_instead_of_failing_jobs(farm: MiniFarm):
                diagnostics=farm.diagnostics)
     version = "1.6"
     farm.open_gate(version)
-    job_id = farm.queue("pwtest-slow", version)
+    job_id = farm.queue("pwtest-gated", version)
     time.sleep(FAST["poll_seconds"] * 2)  # two of its checks go by
     assert farm.sql("SELECT state FROM jobs WHERE job_id = %s", (job_id,)) == [("queued",)]
-    assert not farm.builds("pwtest-slow", version)
+    assert not farm.builds("pwtest-gated", version)
     assert agent.stop() == 0
     # Space is back (here: the floor is lowered): claims resume, the job is built.
     text = agent.config.read_text().replace(f"min_free_disk_mb = {1 << 40}",
@@ -240,7 +240,7 @@ def test_a_full_disk_pauses_claims_instead_of_failing_jobs(farm: MiniFarm):
     agent.config.write_text(text)
     t0 = time.monotonic()
     agent.start(farm.venv)
-    farm.wait_built("pwtest-slow", version)
+    farm.wait_built("pwtest-gated", version)
     assert_built_once(farm, version)
     record("work directory's file system under min_free_disk_mb", time.monotonic() - t0,
            note="claims paused, job stayed queued; built once space was back")

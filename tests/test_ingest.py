@@ -149,7 +149,7 @@ def test_good_wheel_is_published_with_metadata_and_index_pages(farm):
 
     page = (www / "simple" / "foo" / "index.html").read_text()
     assert page.startswith("<!DOCTYPE html>")
-    assert '<meta name="pypi:repository-version" content="1.0">' in page
+    assert '<meta name="pypi:repository-version" content="1.4">' in page
     assert (f'<a href="../../packages/foo/{wheel.filename}#sha256={wheel.sha256}" '
             f'data-requires-python="&gt;=3.9"') in page
     assert f'data-core-metadata="sha256={hashlib.sha256(metadata).hexdigest()}"' in page
@@ -440,14 +440,15 @@ def wait_for(condition, what: str, timeout: float = 30.0) -> None:
 
 def expired_lease_of_a_departed_builder(farm: Farm) -> int:
     """A cp39 job leased by a builder that went away: no claim will ever requeue it."""
-    farm.admin("INSERT INTO abis (abi) VALUES ('cp39')")
+    farm.admin("INSERT INTO targets (abi, platform) VALUES ('cp39', 'linux_armv7l')")
     farm.admin("INSERT INTO builders (builder, abi, platform) "
                "VALUES ('ib_gone', 'cp39', 'linux_armv7l')")
     farm.admin("INSERT INTO packages (package, display_name) VALUES ('baz', 'baz')")
     farm.admin("INSERT INTO versions (package, version, has_sdist) VALUES ('baz', '1.0', true)")
     return farm.admin(
-        "INSERT INTO jobs (package, version, abi, state, builder, lease_token, lease_expires, "
-        "attempts) VALUES ('baz', '1.0', 'cp39', 'leased', 'ib_gone', gen_random_uuid(), "
+        "INSERT INTO jobs (package, version, abi, platform, state, builder, lease_token, "
+        "lease_expires, attempts) VALUES ('baz', '1.0', 'cp39', 'linux_armv7l', 'leased', "
+        "'ib_gone', gen_random_uuid(), "
         "now() - interval '1 second', 1) RETURNING job_id")[0][0]
 
 
@@ -476,6 +477,29 @@ def test_serve_ingests_on_notify_survives_a_lost_connection_and_requeues_leases(
         stop.set()
         thread.join(30)
     assert not thread.is_alive()
+
+
+def test_serve_rebuilds_an_index_written_by_an_older_pinwheel_when_it_starts(farm):
+    """An upgraded master does not serve old pages beside new ones."""
+    farm.build([farm.push_wheel()])
+    farm.ingest()
+    page_dir = farm.cfg.www_root / "simple" / "foo"
+    # As the first index writer left it: HTML only, no JSON variant, no stamp.
+    (page_dir / index.JSON_FILE).unlink()
+    (page_dir / index.INDEX_FILE).write_text("<!DOCTYPE html><title>old</title>")
+    (farm.cfg.www_root / index.FORMAT_STAMP).unlink(missing_ok=True)
+    assert not index.is_current(farm.cfg.www_root)
+    stop = threading.Event()
+    thread = threading.Thread(target=ingest.serve, args=(farm.cfg, stop),
+                              kwargs={"poll_seconds": 3600, "janitor_seconds": 3600})
+    thread.start()
+    try:
+        wait_for(lambda: index.is_current(farm.cfg.www_root), "the index to be rebuilt")
+    finally:
+        stop.set()
+        thread.join(30)
+    assert (page_dir / index.JSON_FILE).is_file()
+    assert "foo-1.0-py3-none-any.whl" in (page_dir / index.INDEX_FILE).read_text()
 
 
 def test_serve_keeps_retrying_an_unreachable_database_until_stopped(tmp_path, caplog):
@@ -521,8 +545,10 @@ def test_new_project_directory_appears_complete_and_readable(farm):
     farm.build([farm.push_wheel()])
     farm.ingest()
     simple = farm.cfg.www_root / "simple"
-    assert sorted(p.name for p in simple.iterdir()) == ["foo", "index.html"], \
+    assert sorted(p.name for p in simple.iterdir()) == ["foo", "index.html", "index.html.gz",
+                                                    "index.json", "index.json.gz"], \
         "no temporary directories are left behind"
+    assert sorted(p.name for p in (simple / "foo").iterdir()) == ["index.html", "index.json"]
     assert oct(os.stat(simple / "foo").st_mode & 0o777) == "0o755"
     assert oct(os.stat(simple / "foo" / "index.html").st_mode & 0o777) == "0o644"
 

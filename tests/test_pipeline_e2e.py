@@ -87,7 +87,8 @@ def farm(pg, pg_template, upstream, sshd_master, nginx_master) -> Iterator[Farm]
         master_incoming_root=str(sshd_master.incoming_root),
         master_quarantine_root=str(place / "quarantine"),
         master_upstream_url=upstream.url, master_ca_bundle="",
-        master_max_wheel_size=1 << 30, master_max_log_size=64 << 20)
+        master_max_wheel_size=1 << 30, master_max_log_size=64 << 20,
+        master_public_index_url=f"{nginx_master.url}/simple/", master_armv6l_alias=False)
     ensure_agent_users(list(BUILDERS.values()))
     venv = make_agent_venv()
     agents = []

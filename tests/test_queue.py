@@ -9,7 +9,7 @@ from collections import Counter
 import psycopg2
 import pytest
 
-from pinwheel import db
+from pinwheel import db, names
 from pinwheel.queue import BuilderQueue, ReportedFile
 from pinwheel.schema import BUILDER_GROUP, MASTER_GROUP
 
@@ -86,6 +86,23 @@ def test_claims_only_jobs_of_the_builders_abi(pg, database):
     assert arm.claim().abi == "cp39"
     assert x86.claim().abi == "cp311"
     assert arm.claim() is None
+
+
+def test_builders_of_one_abi_on_two_platforms_each_get_their_own_job(pg, database):
+    # An x86-64 and an armhf bookworm builder are both cp311: each platform
+    # needs its own wheel, so each is its own build target with its own queue.
+    arm = builder(pg, database, "qb_arm311", platform="linux_armv7l")
+    x86 = builder(pg, database, "qb_x86311")
+    enqueue(pg, database, "foo", ["1.0"])
+    assert scalar(pg, database, "SELECT count(*) FROM jobs") == 2
+    arm_job, x86_job = arm.claim(), x86.claim()
+    assert arm_job is not None and x86_job is not None
+    assert arm_job.job_id != x86_job.job_id
+    assert (arm_job.abi, x86_job.abi) == ("cp311", "cp311")
+    platforms = scalar(pg, database, "SELECT string_agg(builder || ' ' || platform, ', ' "
+                                     "ORDER BY builder) FROM jobs")
+    assert platforms == "qb_arm311 linux_armv7l, qb_x86311 linux_x86_64"
+    assert arm.claim() is None and x86.claim() is None
 
 
 def test_expired_lease_returns_job_to_queue_and_stale_token_is_refused(pg, database):
@@ -190,9 +207,10 @@ def test_malformed_file_reports_are_refused_with_a_clear_error(pg, database):
 
 def test_notify_wakes_an_idle_builder(pg, database):
     q = builder(pg, database, "qb_wait")
-    assert q.wait_for_work("cp311", 0.1) is False
+    target = names.target("cp311", "linux_x86_64")
+    assert q.wait_for_work(target, 0.1) is False
     woke: list[bool] = []
-    t = threading.Thread(target=lambda: woke.append(q.wait_for_work("cp311", 20)))
+    t = threading.Thread(target=lambda: woke.append(q.wait_for_work(target, 20)))
     t.start()
     time.sleep(0.3)
     enqueue(pg, database, "foo", ["1.0"])

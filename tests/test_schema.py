@@ -46,3 +46,35 @@ def test_database_upgraded_step_by_step_equals_a_fresh_one(pg):
 def test_migrations_are_numbered_without_gaps():
     versions = [m.version for m in schema.migrations()]
     assert versions == list(range(1, len(versions) + 1))
+
+
+def test_migration_4_gives_each_platform_of_an_abi_its_own_queued_jobs(pg):
+    """Queued cp311 work from before build targets is kept for each cp311 platform."""
+    name = "pinwheel_targets"
+    pg.drop_database(name)
+    conn = pg.admin()
+    with conn.cursor() as cur:
+        cur.execute(f"CREATE DATABASE {name}")
+    conn.close()
+    conn = pg.admin(name)
+    schema.upgrade(conn, target=3)
+    with conn.cursor() as cur:
+        cur.execute("SET search_path = pinwheel")
+        cur.execute("INSERT INTO abis (abi) VALUES ('cp311'), ('cp27')")
+        cur.execute("INSERT INTO builders (builder, abi, platform) VALUES "
+                    "('x86', 'cp311', 'linux_x86_64'), ('arm', 'cp311', 'linux_armv7l')")
+        cur.execute("INSERT INTO packages (package, display_name) VALUES ('foo', 'foo')")
+        cur.execute("INSERT INTO versions (package, version, has_sdist) "
+                    "VALUES ('foo', '1.0', true)")
+        cur.execute("INSERT INTO jobs (package, version, abi, priority) VALUES "
+                    "('foo', '1.0', 'cp311', 5), ('foo', '1.0', 'cp27', 0)")
+    assert [m.version for m in schema.upgrade(conn)] == [m.version for m in schema.migrations()][3:]
+    with conn.cursor() as cur:
+        cur.execute("SELECT abi, platform, priority FROM pinwheel.jobs ORDER BY platform")
+        # Both cp311 platforms keep the job (and its priority); cp27, which no
+        # builder ever registered, could never be claimed and is gone.
+        assert cur.fetchall() == [("cp311", "linux_armv7l", 5), ("cp311", "linux_x86_64", 5)]
+        cur.execute("SELECT abi, platform FROM pinwheel.targets ORDER BY platform")
+        assert cur.fetchall() == [("cp311", "linux_armv7l"), ("cp311", "linux_x86_64")]
+    conn.close()
+    pg.drop_database(name)

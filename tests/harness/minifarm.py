@@ -131,20 +131,20 @@ class MiniFarm:
         path = self.sshd.incoming_root / builder / f"job-{job_id}.log.gz"
         return gzip.decompress(path.read_bytes())
 
-    # -- gates of pwtest-slow ------------------------------------------------
+    # -- gates of pwtest-gated ------------------------------------------------
 
     @staticmethod
     def open_gate(version: str) -> None:
         GATES.mkdir(mode=0o755, exist_ok=True)
         GATES.chmod(0o755)
-        (GATES / f"pwtest-slow-{version}").touch()
+        (GATES / f"pwtest-gated-{version}").touch()
 
     @staticmethod
     def close_gate(version: str) -> None:
-        (GATES / f"pwtest-slow-{version}").unlink(missing_ok=True)
+        (GATES / f"pwtest-gated-{version}").unlink(missing_ok=True)
 
     def wait_building(self, name: str, version: str, timeout: float = 180) -> None:
-        """Until ``name``'s build of pwtest-slow ``version`` waits at its gate."""
+        """Until ``name``'s build of pwtest-gated ``version`` waits at its gate."""
         build_user = self.agents[name].users.build
 
         def ps() -> str:
@@ -152,8 +152,8 @@ class MiniFarm:
                                   text=True).stdout
 
         # The gate holds the build until the test opens it: running is enough.
-        wait_until(lambda: f"pwtest-slow=={version}" in ps(), timeout,
-                   f"{name} to be building pwtest-slow {version}",
+        wait_until(lambda: f"pwtest-gated=={version}" in ps(), timeout,
+                   f"{name} to be building pwtest-gated {version}",
                    diagnostics=lambda: f"{ps()}\n{self.diagnostics()}")
 
     # -- reports -------------------------------------------------------------

@@ -23,7 +23,8 @@ from .templates import render_role_template
 
 NGINX = "/usr/sbin/nginx"
 WORKER_USER = "www-data"
-WWW_SUBDIRS = ("simple", "packages", "logs")
+WWW_SUBDIRS = ("simple", "packages", "logs", "project")
+PERL_MODULE = "/usr/lib/nginx/modules/ngx_http_perl_module.so"
 TEMP_PATHS = ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
 
 
@@ -47,6 +48,9 @@ def _main_conf(base: Path, site: Path) -> str:
     temp = "".join(f"    {kind}_temp_path {base / 'temp' / kind};\n" for kind in TEMP_PATHS)
     return (
         f"{user}"
+        # The site needs the perl module (libnginx-mod-http-perl), which Debian's
+        # nginx.conf loads from modules-enabled/.
+        f"load_module {PERL_MODULE};\n"
         "worker_processes 1;\n"
         f"pid {base / 'nginx.pid'};\n"
         f"error_log {base / 'error.log'} info;\n"
@@ -72,6 +76,7 @@ class NginxServer:
         self.url = f"http://127.0.0.1:{self.port}"
         self.conf = self.base / "nginx.conf"
         self.log = self.base / "error.log"
+        self.access_log = self.base / "access.log"
         self._proc: subprocess.Popen[bytes] | None = None
 
     def _write_config(self) -> None:

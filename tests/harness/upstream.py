@@ -47,7 +47,7 @@ VERSIONS: dict[str, list[str]] = {
     "pwtest-pure": [f"1.{minor}" for minor in range(8)],
     "pwtest-broken": ["1.0"],
     "pwtest-hostile": ["1.0", "2.0"],
-    "pwtest-slow": [f"1.{minor}" for minor in range(8)],
+    "pwtest-gated": [f"1.{minor}" for minor in range(8)],
 }
 
 JSON_TYPE = "application/vnd.pypi.simple.v1+json"

@@ -239,7 +239,7 @@ class Agent:
     def _wait_for_work(self, queue: BuilderQueue) -> bool:
         wake = (self._wake_r,) if self._wake_r is not None else ()
         timeout = min(self.cfg.poll_seconds, self.notifier.max_wait or self.cfg.poll_seconds)
-        return queue.wait_for_work(self.abi, timeout, wake)
+        return queue.wait_for_work(names.target(self.abi, self.platform), timeout, wake)
 
     def handle(self, job: Job) -> None:
         log.info("job %d: building %s %s for %s (attempt %d)", job.job_id, job.package,

@@ -95,6 +95,37 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     return 0
 
 
+# ----------------------------------------------------------------- index
+
+def _progress_bar(stream: Any) -> Any:
+    """A progress callback drawing a bar on ``stream`` (a terminal), or None."""
+    if not stream.isatty():
+        return None
+
+    def show(done: int, total: int, package: str) -> None:
+        width = 30
+        filled = width * done // max(total, 1)
+        stream.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total} "
+                     f"{package[:40]:<40}")
+        if done == total:
+            stream.write("\n")
+        stream.flush()
+    return show
+
+
+def cmd_index_rebuild(args: argparse.Namespace) -> int:
+    from . import index, ingest
+    cfg = MasterConfig.load(args.config)
+    conn = db.connect(cfg.dsn, application_name="pinwheel-index")
+    try:
+        n = index.rebuild(conn, cfg.www_root, ingest.index_options(cfg),
+                          progress=_progress_bar(sys.stderr))
+    finally:
+        conn.close()
+    print(f"wrote the pages of {n} project(s) and the root page under {cfg.www_root}")
+    return 0
+
+
 # ------------------------------------------------------------- operators
 
 def cmd_add(args: argparse.Namespace) -> int:
@@ -106,12 +137,13 @@ def cmd_add(args: argparse.Namespace) -> int:
     rows = [(r.version, "yes" if r.has_sdist else "no", "yes" if r.yanked else "", r.jobs, r.note)
             for r in result.releases]
     print(f"{result.display_name} ({result.package}): {len(result.releases)} release(s), "
-          f"{result.jobs} job(s) queued for ABIs {', '.join(result.active_abis) or '(none)'}")
+          f"{result.jobs} job(s) queued for {', '.join(result.active_targets) or '(no targets)'}")
     if rows:
         print(_table(("version", "sdist", "yanked", "jobs", "note"), rows))
-    if not result.active_abis:
-        print("warning: no builder has registered an ABI yet, so nothing was queued; "
-              "start a builder, then run this again", file=sys.stderr)
+    if not result.active_targets:
+        print("warning: no builder has registered yet (each builder makes its target, its ABI "
+              "on its platform), so nothing was queued; start a builder, then run this again",
+              file=sys.stderr)
     return 0
 
 
@@ -119,10 +151,11 @@ def cmd_status(args: argparse.Namespace) -> int:
     cfg = MasterConfig.load(args.config)
     conn = db.connect(cfg.dsn, application_name="pinwheel-status")
     queue = db.call(conn, """
-        SELECT a.abi, count(j.*) FILTER (WHERE j.state = 'queued'),
+        SELECT t.abi, t.platform, count(j.*) FILTER (WHERE j.state = 'queued'),
                count(j.*) FILTER (WHERE j.state = 'leased'),
-               coalesce(a.skip_reason, '')
-        FROM abis a LEFT JOIN jobs j USING (abi) GROUP BY a.abi ORDER BY a.abi""")
+               coalesce(t.skip_reason, '')
+        FROM targets t LEFT JOIN jobs j USING (abi, platform)
+        GROUP BY t.abi, t.platform ORDER BY t.abi, t.platform""")
     builders = db.call(conn, """
         SELECT b.builder, b.abi, b.platform, b.os_release,
                CASE WHEN b.paused THEN 'paused' ELSE 'active' END,
@@ -132,29 +165,31 @@ def cmd_status(args: argparse.Namespace) -> int:
                 FROM jobs j WHERE j.builder = b.builder AND j.state = 'leased' LIMIT 1)
         FROM builders b ORDER BY b.builder""")
     recent = db.call(conn, """
-        SELECT b.build_id, b.package, b.version, b.abi, b.builder, b.status,
+        SELECT b.build_id, b.package, b.version, b.abi, b.platform, b.builder, b.status,
                round(extract(epoch FROM b.duration)::numeric, 1), b.ingest_state
         FROM builds b ORDER BY b.build_id DESC LIMIT %s""", (args.recent,))
     if args.json:
         json.dump({
-            "queue": [dict(zip(("abi", "queued", "building", "skip_reason"), r)) for r in queue],
+            "queue": [dict(zip(("abi", "platform", "queued", "building", "skip_reason"), r))
+                      for r in queue],
             "builders": [dict(zip(("builder", "abi", "platform", "os_release", "state",
                                    "last_seen_ago", "current_job"), r)) for r in builders],
-            "recent_builds": [dict(zip(("build_id", "package", "version", "abi", "builder",
-                                        "status", "seconds", "ingest"), r),
-                                   seconds=float(r[6] or 0))
+            "recent_builds": [dict(zip(("build_id", "package", "version", "abi", "platform",
+                                        "builder", "status", "seconds", "ingest"), r),
+                                   seconds=float(r[7] or 0))
                               for r in recent],
         }, sys.stdout, indent=2, default=str)
         print()
         return 0
     print("Queue")
-    print(_table(("abi", "queued", "building", "skipped"), queue) if queue else "  (no ABIs yet)")
+    print(_table(("abi", "platform", "queued", "building", "skipped"), queue)
+          if queue else "  (no targets yet: no builder has registered)")
     print("\nBuilders")
     print(_table(("builder", "abi", "platform", "os", "state", "last seen", "building"),
                  builders) if builders else "  (none registered)")
     print("\nRecent builds")
-    print(_table(("build", "package", "version", "abi", "builder", "status", "seconds",
-                  "ingest"), recent) if recent else "  (none yet)")
+    print(_table(("build", "package", "version", "abi", "platform", "builder", "status",
+                  "seconds", "ingest"), recent) if recent else "  (none yet)")
     return 0
 
 
@@ -190,6 +225,12 @@ def parser() -> argparse.ArgumentParser:
     ing.add_argument("--config", default=MASTER_CONF, help=f"default {MASTER_CONF}")
     ing.add_argument("--once", action="store_true", help="process what is pending, then exit")
     ing.set_defaults(func=cmd_ingest)
+
+    idx = sub.add_parser("index", help="the static index nginx serves (master)")
+    idxsub = idx.add_subparsers(dest="index_command", required=True, metavar="ACTION")
+    rb = idxsub.add_parser("rebuild", help="rewrite every project's pages and the root page")
+    rb.add_argument("--config", default=MASTER_CONF, help=f"default {MASTER_CONF}")
+    rb.set_defaults(func=cmd_index_rebuild)
 
     add = sub.add_parser("add", help="queue builds of a project from the upstream index")
     add.add_argument("name", help="project name, any spelling")

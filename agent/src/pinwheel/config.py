@@ -135,6 +135,15 @@ class AgentConfig:
                            min_free_mb=self.min_free_disk_mb // 2)
 
 
+def _bool(parser: configparser.ConfigParser, section: str, key: str, path: str | Path,
+          default: bool) -> bool:
+    try:
+        return parser.getboolean(section, key, fallback=default)
+    except ValueError:
+        raw = parser.get(section, key)
+        raise ConfigError(f"{path}: [{section}] {key} must be true or false, not {raw!r}") from None
+
+
 @dataclass
 class MasterConfig:
     """Settings of the master's services and operator commands."""
@@ -147,6 +156,11 @@ class MasterConfig:
     max_wheel_size: int = 1 << 30   # bytes; a larger upload is refused unread
     max_log_size: int = 64 << 20    # bytes of gzipped log
     ca_bundle: str = ""             # CA bundle for an HTTPS upstream; "" = system default
+    # The farm's index as users reach it, for the install line of project pages ("": unknown).
+    public_index_url: str = ""
+    # Also list linux_armv7l wheels as linux_armv6l (Pi Zero / Pi 1). Off by default: a wheel
+    # built on armv7 may use instructions an armv6 CPU does not have (docs/index.md).
+    armv6l_alias: bool = False
 
     @classmethod
     def load(cls, path: str | Path) -> MasterConfig:
@@ -163,4 +177,6 @@ class MasterConfig:
             max_wheel_size=_int(p, s, "max_wheel_size", path, 1 << 30),
             max_log_size=_int(p, s, "max_log_size", path, 64 << 20),
             ca_bundle=p.get(s, "ca_bundle", fallback=""),
+            public_index_url=p.get(s, "public_index_url", fallback=""),
+            armv6l_alias=_bool(p, s, "armv6l_alias", path, False),
         )

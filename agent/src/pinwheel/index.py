@@ -1,71 +1,88 @@
-"""The static PEP 503 index nginx serves: ``simple/`` pages from the files table.
+"""The index writer: the static files nginx serves, from the database, written atomically.
 
-``write_project`` renders one project's page from its published files;
-``write_root`` renders ``simple/index.html`` listing every project with at
-least one published file. Every write is atomic (see ``fsutil``), and a new
-project's directory appears complete or not at all. Names, file names and
-Requires-Python come from untrusted upstreams: everything is HTML-escaped.
+``write_project`` (re)writes one project's pages: its Simple API page in HTML
+and JSON (``simple_index``) and its page for people (``project_page``);
+``write_root`` rewrites the root page, in both serialisations and
+pre-compressed, when the set of projects changed; ``rebuild`` writes
+everything. Rendering lives in ``simple_index`` and ``project_page``, the
+queries in ``index_db``.
 
 Layout under ``www_root``::
 
-    simple/index.html                      the root page
-    simple/<package>/index.html            one project's page
+    simple/index.html, index.json (+ .gz)  the root page (PEP 503 / PEP 691)
+    simple/<package>/index.html, index.json one project's Simple API page
+    project/<package>/index.html           the project page for people
+    project/<package>/json/index.json      the same data for machines
     packages/<package>/<wheel>             the wheel (written by ingest)
-    packages/<package>/<wheel>.metadata    its METADATA (PEP 658)
-    logs/<build_id>.log.gz                 build logs
+    packages/<package>/<wheel>.metadata    its METADATA (PEP 658, written by ingest)
+    logs/<build_id>.log.gz                 build logs (written by ingest)
+
+Every file is written to a temporary name and renamed into place; a new
+project directory is assembled complete (every variant) under a temporary
+name and renamed in, so nginx never finds it half-written or empty.
 """
 
 from __future__ import annotations
 
 import contextlib
-import html
+import gzip
+import logging
 import os
 import re
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Union
-from urllib.parse import quote
+from typing import Any
 
-from packaging.version import InvalidVersion, Version
+from . import fsutil, index_db, project_page
+from .simple_index import (
+    IndexFile,
+    armv6l_alias,
+    render_project,
+    render_project_json,
+    render_root,
+    render_root_json,
+    with_armv6l_aliases,
+)
 
-from . import fsutil
+log = logging.getLogger("pinwheel.index")
 
 PACKAGE_RE = re.compile(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$")
 # Advisory lock classes (the second key is hashtext(package), or 0 for the root).
 # Ingest holds PROJECT_LOCK while it publishes a project's files, and the
-# writers below hold it while they read the table and write the page, so a
+# writers below hold it while they read the table and write the pages, so a
 # page rendered from an older snapshot can never overwrite a newer one.
 PROJECT_LOCK = 0x70776970  # "pwip"
 ROOT_LOCK = 0x70777274     # "pwrt"
-REPOSITORY_VERSION = "1.0"
 INDEX_FILE = "index.html"
+JSON_FILE = "index.json"
+# What the pages this writer produces look like. Bump it whenever a change
+# needs every existing page rewritten: the ingest service then rebuilds the
+# whole index once when it starts on the new code (an upgrade of a running
+# farm), instead of serving old pages beside new ones.
+#   1  PEP 503 HTML only
+#   2  Simple API 1.4 (HTML and JSON), project pages with a column per build target
+INDEX_FORMAT = "2"
+FORMAT_STAMP = ".pinwheel-index-format"  # in www_root, written last by rebuild()
 
-_PROJECT_QUERY = """
-    SELECT f.filename, f.sha256, f.version,
-           coalesce(f.requires_python, v.requires_python),
-           f.metadata_sha256, coalesce(v.yanked, false), v.yanked_reason
-      FROM files f
-      JOIN builds b ON b.build_id = f.build_id
-      LEFT JOIN versions v ON v.package = b.package AND v.version = b.version
-     WHERE f.state = 'published' AND f.package = %s
-"""
-_ROOT_QUERY = "SELECT DISTINCT package FROM files WHERE state = 'published' ORDER BY package"
+__all__ = ["FORMAT_STAMP", "INDEX_FILE", "INDEX_FORMAT", "JSON_FILE", "PROJECT_LOCK", "ROOT_LOCK",
+           "IndexFile", "IndexOptions", "check_package", "is_current", "rebuild", "render_project",
+           "render_root", "write_project", "write_root"]
 
 
 @dataclass(frozen=True)
-class IndexFile:
-    """One link on a project page."""
+class IndexOptions:
+    """Settings of the index (``master.conf``)."""
 
-    filename: str
-    sha256: str
-    version: str
-    requires_python: str | None = None
-    metadata_sha256: str | None = None
-    yanked: bool = False
-    yanked_reason: str | None = None
+    # Also list linux_armv7l wheels as linux_armv6l (hard links), for Pi Zero / Pi 1 users.
+    armv6l_alias: bool = False
+    # The index URL shown in the install line of project pages ("" = a plain pip install).
+    index_url: str = ""
+
+
+DEFAULT_OPTIONS = IndexOptions()
 
 
 def check_package(package: str) -> None:
@@ -74,86 +91,26 @@ def check_package(package: str) -> None:
         raise ValueError(f"{package!r} is not a normalised project name")
 
 
-_SortKey = tuple[int, Union[Version, str], str]
+# ------------------------------------------------------------ the files
 
 
-def _sort_key(f: IndexFile) -> _SortKey:
-    try:
-        return (1, Version(f.version), f.filename)
-    except InvalidVersion:
-        return (0, f.version, f.filename)
+def _write_tree(root: Path, files: dict[str, bytes]) -> None:
+    for rel, data in files.items():
+        dest = root / rel
+        fsutil.make_dirs(dest.parent)
+        fsutil.atomic_write_bytes(dest, data)
 
 
-def _attr(name: str, value: str) -> str:
-    return f' {name}="{html.escape(value, quote=True)}"'
-
-
-def _link(package: str, f: IndexFile) -> str:
-    href = f"../../packages/{package}/{quote(f.filename, safe='')}#sha256={f.sha256}"
-    attrs = _attr("href", href)
-    if f.requires_python:
-        attrs += _attr("data-requires-python", f.requires_python)
-    if f.metadata_sha256:
-        # PEP 714 spells it data-core-metadata; older pips read the PEP 658 name.
-        attrs += _attr("data-dist-info-metadata", f"sha256={f.metadata_sha256}")
-        attrs += _attr("data-core-metadata", f"sha256={f.metadata_sha256}")
-    if f.yanked:
-        attrs += _attr("data-yanked", f.yanked_reason or "")
-    return f"    <a{attrs}>{html.escape(f.filename)}</a><br>\n"
-
-
-def _page(title: str, body: str) -> str:
-    return (
-        "<!DOCTYPE html>\n"
-        "<html>\n"
-        "  <head>\n"
-        f'    <meta name="pypi:repository-version" content="{REPOSITORY_VERSION}">\n'
-        f"    <title>{html.escape(title)}</title>\n"
-        "  </head>\n"
-        "  <body>\n"
-        f"    <h1>{html.escape(title)}</h1>\n"
-        f"{body}"
-        "  </body>\n"
-        "</html>\n"
-    )
-
-
-def render_project(package: str, files: list[IndexFile]) -> str:
-    """The PEP 503 page of one project: its files by version, then file name."""
-    links = "".join(_link(package, f) for f in sorted(files, key=_sort_key))
-    return _page(f"Links for {package}", links)
-
-
-def render_root(packages: list[str]) -> str:
-    """The PEP 503 root page listing ``packages``."""
-    links = "".join(
-        f'    <a href="{html.escape(quote(p, safe=""), quote=True)}/">{html.escape(p)}</a><br>\n'
-        for p in sorted(packages))
-    return _page("Simple index", links)
-
-
-def published_files(conn: Any, package: str) -> list[IndexFile]:
-    with conn.cursor() as cur:
-        cur.execute(_PROJECT_QUERY, (package,))
-        return [IndexFile(*row) for row in cur.fetchall()]
-
-
-def published_packages(conn: Any) -> list[str]:
-    with conn.cursor() as cur:
-        cur.execute(_ROOT_QUERY)
-        return [row[0] for row in cur.fetchall()]
-
-
-def _write_new_dir(parent: Path, name: str, filename: str, data: bytes) -> bool:
-    """Create ``parent/name/filename`` by renaming a complete temporary directory.
+def _write_new_dir(parent: Path, name: str, files: dict[str, bytes]) -> bool:
+    """Create ``parent/name`` holding ``files`` by renaming a complete temporary directory.
 
     Returns False (and leaves nothing behind) when ``parent/name`` appeared
-    meanwhile, so the caller can replace the file inside it instead.
+    meanwhile, so the caller can replace the files inside it instead.
     """
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".tmp", dir=parent))
     try:
         os.chmod(tmp, fsutil.DIR_MODE)
-        fsutil.atomic_write_bytes(tmp / filename, data)
+        _write_tree(tmp, files)
         try:
             os.rename(tmp, parent / name)
         except OSError:
@@ -165,6 +122,63 @@ def _write_new_dir(parent: Path, name: str, filename: str, data: bytes) -> bool:
     finally:
         with contextlib.suppress(FileNotFoundError):
             shutil.rmtree(tmp)
+
+
+def write_dir(parent: Path, name: str, files: dict[str, bytes]) -> None:
+    """Make ``parent/name`` hold ``files`` (relative paths): a new directory appears
+    complete; in an existing one each file is replaced atomically."""
+    fsutil.make_dirs(parent)
+    target = parent / name
+    if not target.is_dir() and _write_new_dir(parent, name, files):
+        return
+    _write_tree(target, files)
+
+
+def _link_alias(directory: Path, source: str, alias: str) -> None:
+    """Make ``directory/alias`` a hard link to ``directory/source`` (atomically)."""
+    src, dest = directory / source, directory / alias
+    st = os.stat(src)
+    with contextlib.suppress(FileNotFoundError):
+        now = os.lstat(dest)
+        if (now.st_dev, now.st_ino) == (st.st_dev, st.st_ino):
+            return
+    tmp = directory / f".{alias}.{os.getpid()}.tmp"
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(tmp)
+    os.link(src, tmp)
+    try:
+        os.replace(tmp, dest)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def _armv6l_files(www_root: Path, package: str, files: list[IndexFile]) -> list[IndexFile]:
+    """Hard-link every armv7l wheel (and its .metadata) under its armv6l name."""
+    directory = www_root / "packages" / package
+    for f in files:
+        alias = armv6l_alias(f.filename)
+        if alias:
+            _link_alias(directory, f.filename, alias)
+            if f.metadata_sha256:
+                _link_alias(directory, f"{f.filename}.metadata", f"{alias}.metadata")
+    return with_armv6l_aliases(files)
+
+
+def _newest_metadata(www_root: Path, data: index_db.ProjectData) -> bytes | None:
+    newest = project_page.newest_file(data)
+    if newest is None:
+        return None
+    path = www_root / "packages" / data.package / f"{newest.file.filename}.metadata"
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        log.warning("%s is missing: the project page has no description", path)
+        return None
+
+
+# ---------------------------------------------------------------- locks
 
 
 @contextlib.contextmanager
@@ -182,33 +196,92 @@ def _locked(conn: Any, lock_class: int, key: str | None) -> Iterator[None]:
                 cur.execute(f"SELECT pg_advisory_unlock({args})", params)
 
 
-def write_project(conn: Any, www_root: Path, package: str) -> None:
-    """(Re)write ``simple/<package>/index.html`` from the project's published files.
+# --------------------------------------------------------------- writers
+
+
+def published_files(conn: Any, package: str) -> list[IndexFile]:
+    return [p.file for p in index_db.project_files(conn, package)]
+
+
+def published_packages(conn: Any) -> list[str]:
+    return index_db.published_packages(conn)
+
+
+def write_project(conn: Any, www_root: Path, package: str,
+                  options: IndexOptions = DEFAULT_OPTIONS) -> None:
+    """(Re)write the pages of ``package``: ``simple/<package>/`` and ``project/<package>/``.
 
     Run it after the transaction that changed the project's files committed.
     """
     check_package(package)
-    simple = Path(www_root) / "simple"
-    fsutil.make_dirs(simple)
-    project_dir = simple / package
+    www_root = Path(www_root)
     with _locked(conn, PROJECT_LOCK, package):
-        data = render_project(package, published_files(conn, package)).encode("utf-8")
-        if not project_dir.is_dir() and _write_new_dir(simple, package, INDEX_FILE, data):
-            return
-        fsutil.atomic_write_bytes(project_dir / INDEX_FILE, data)
+        data = index_db.load_project(conn, package)
+        files = data.index_files
+        if options.armv6l_alias:
+            files = _armv6l_files(www_root, package, files)
+        write_dir(www_root / "simple", package, {
+            JSON_FILE: render_project_json(package, files, data.status).encode("utf-8"),
+            INDEX_FILE: render_project(package, files, data.status).encode("utf-8"),
+        })
+        metadata = _newest_metadata(www_root, data)
+        write_dir(www_root / "project", package, {
+            "json/" + JSON_FILE: project_page.render_json(
+                data, metadata, options.index_url).encode("utf-8"),
+            INDEX_FILE: project_page.render_html(
+                data, metadata, options.index_url).encode("utf-8"),
+        })
 
 
-def write_root(conn: Any, www_root: Path) -> bool:
-    """Rewrite ``simple/index.html`` if the set of projects changed; True if rewritten."""
+def _gzip(data: bytes) -> bytes:
+    return gzip.compress(data, compresslevel=9, mtime=0)
+
+
+def write_root(conn: Any, www_root: Path, force: bool = False) -> bool:
+    """Rewrite the root page if the set of projects changed (or ``force``); True if rewritten.
+
+    Writes ``simple/index.json`` and ``simple/index.html``, each with a
+    pre-compressed ``.gz`` beside it for nginx's gzip_static. The HTML page is
+    written last: it is what the next call compares against.
+    """
     simple = Path(www_root) / "simple"
     path = simple / INDEX_FILE
     with _locked(conn, ROOT_LOCK, None):
-        data = render_root(published_packages(conn)).encode("utf-8")
-        try:
-            if path.read_bytes() == data:
-                return False
-        except FileNotFoundError:
-            pass
+        packages = published_packages(conn)
+        page = render_root(packages).encode("utf-8")
+        if not force:
+            try:
+                if path.read_bytes() == page and (simple / JSON_FILE).is_file():
+                    return False
+            except FileNotFoundError:
+                pass
         fsutil.make_dirs(simple)
-        fsutil.atomic_write_bytes(path, data)
+        doc = render_root_json(packages).encode("utf-8")
+        for name, data in ((JSON_FILE, doc), (INDEX_FILE, page)):
+            fsutil.atomic_write_bytes(simple / f"{name}.gz", _gzip(data))
+            fsutil.atomic_write_bytes(simple / name, data)
     return True
+
+
+def rebuild(conn: Any, www_root: Path, options: IndexOptions = DEFAULT_OPTIONS,
+            progress: Callable[[int, int, str], None] | None = None) -> int:
+    """Write every project's pages and the root page; return the number of projects.
+
+    ``progress(done, total, package)`` is called after each project.
+    """
+    packages = published_packages(conn)
+    for n, package in enumerate(packages, 1):
+        write_project(conn, www_root, package, options)
+        if progress:
+            progress(n, len(packages), package)
+    write_root(conn, www_root, force=True)
+    fsutil.atomic_write_bytes(www_root / FORMAT_STAMP, f"{INDEX_FORMAT}\n".encode())
+    return len(packages)
+
+
+def is_current(www_root: Path) -> bool:
+    """Whether the index under ``www_root`` was rebuilt by this version's writer."""
+    try:
+        return (www_root / FORMAT_STAMP).read_text(encoding="utf-8").strip() == INDEX_FORMAT
+    except (FileNotFoundError, UnicodeDecodeError):
+        return False

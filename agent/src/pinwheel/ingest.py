@@ -404,6 +404,11 @@ def _one_build(conn: Any, cfg: MasterConfig, state: IngestState) -> PendingBuild
     return build
 
 
+def index_options(cfg: MasterConfig) -> index.IndexOptions:
+    """The index writer's settings from ``master.conf``."""
+    return index.IndexOptions(armv6l_alias=cfg.armv6l_alias, index_url=cfg.public_index_url)
+
+
 def _write_indexes(conn: Any, cfg: MasterConfig, state: IngestState) -> None:
     """Write the pages of projects that changed (and the root page if needed).
 
@@ -412,7 +417,7 @@ def _write_indexes(conn: Any, cfg: MasterConfig, state: IngestState) -> None:
     """
     for package in sorted(state.dirty_projects):
         try:
-            index.write_project(conn, cfg.www_root, package)
+            index.write_project(conn, cfg.www_root, package, index_options(cfg))
         except ValueError:
             log.exception("cannot write an index page for %r", package)
         except OSError:
@@ -525,6 +530,11 @@ def _session(cfg: MasterConfig, stop: threading.Event, poll_seconds: float,
         return
     log.info("connected; listening on %s", INGEST_CHANNEL)
     try:
+        if not index.is_current(cfg.www_root):
+            log.info("the index is missing or was written by an older pinwheel: rebuilding "
+                     "every page (format %s)", index.INDEX_FORMAT)
+            count = index.rebuild(conn, cfg.www_root, index_options(cfg))
+            log.info("index rebuilt: %d project(s)", count)
         _run(conn, cfg, stop, poll_seconds, janitor_seconds, state)
     except (db.DatabaseUnavailable, psycopg2.OperationalError, psycopg2.InterfaceError) as exc:
         log.warning("lost the database: %s", str(exc).strip())
@@ -560,4 +570,5 @@ def serve(cfg: MasterConfig, stop: threading.Event | None = None, poll_seconds: 
     log.info("ingest stopped")
 
 
-__all__ = ["IngestState", "PendingBuild", "process_pending", "requeue_expired", "serve"]
+__all__ = ["IngestState", "PendingBuild", "index_options", "process_pending", "requeue_expired",
+           "serve"]

@@ -15,6 +15,15 @@ _VALID_NAME_RE = re.compile(r"^([A-Z0-9]|[A-Z0-9][A-Z0-9._-]*[A-Z0-9])$", re.IGN
 SDIST_SUFFIXES = (".tar.gz", ".zip")
 
 
+def target(abi: str, platform: str) -> str:
+    """A build target's name: an ABI on a platform, e.g. ``cp311-linux_armv7l``.
+
+    Jobs are queued per target, so builders of one ABI on different platforms
+    (an x86-64 and an armhf bookworm builder are both cp311) each get their own.
+    """
+    return f"{abi}-{platform}"
+
+
 def normalise(name: str) -> str:
     """The PEP 503 normalised form of a project name."""
     return _NORMALISE_RE.sub("-", name).lower()

@@ -33,7 +33,7 @@ class AddResult:
     package: str
     display_name: str
     releases: list[ReleasePlan] = field(default_factory=list)
-    active_abis: list[str] = field(default_factory=list)
+    active_targets: list[str] = field(default_factory=list)
 
     @property
     def jobs(self) -> int:
@@ -68,8 +68,9 @@ def add(conn: Any, index_url: str, name: str, version: str | None = None,
         releases = {version: releases[version]}
     result = AddResult(package, proj.name)
     with db.transaction(conn) as cur:
-        cur.execute("SELECT abi FROM abis WHERE skip_reason IS NULL ORDER BY abi")
-        result.active_abis = [r[0] for r in cur.fetchall()]
+        cur.execute("SELECT abi, platform FROM targets WHERE skip_reason IS NULL "
+                    "ORDER BY abi, platform")
+        result.active_targets = [names.target(*r) for r in cur.fetchall()]
         cur.execute("INSERT INTO packages (package, display_name) VALUES (%s, %s) "
                     "ON CONFLICT (package) DO UPDATE SET display_name = EXCLUDED.display_name",
                     (package, proj.name))

@@ -94,8 +94,10 @@ class BuilderQueue:
         )
         return int(rows[0][0])
 
-    def wait_for_work(self, abi: str, timeout: float, wake_fds: tuple[int, ...] = ()) -> bool:
-        """Block up to ``timeout`` seconds for a NOTIFY about queued work for ``abi``.
+    def wait_for_work(self, target: str, timeout: float, wake_fds: tuple[int, ...] = ()) -> bool:
+        """Block up to ``timeout`` seconds for a NOTIFY about queued work for ``target``.
+
+        ``target`` is :func:`names.target` of the builder's ABI and platform.
 
         Readable ``wake_fds`` (e.g. a signal wake-up pipe) end the wait early.
         """
@@ -113,6 +115,6 @@ class BuilderQueue:
             if type(exc).__module__.startswith("psycopg2"):
                 raise db.DatabaseUnavailable(f"lost the database connection: {exc}") from exc
             raise
-        woken = any(n.payload == abi for n in self.conn.notifies)
+        woken = any(n.payload == target for n in self.conn.notifies)
         self.conn.notifies.clear()
         return woken

@@ -2,4 +2,4 @@
 
 
 def hello() -> str:
-    return "Hello from pwtest-slow"
+    return "Hello from pwtest-gated"

@@ -1,0 +1,163 @@
+"""What the index's pages are made of, read from the database (no rendering, no files).
+
+``project_files`` is all the Simple API needs; ``load_project`` adds what a
+project page shows: the project's status, its releases, the latest build of
+every release on every ABI, and the live jobs. Every reader runs in one
+read-only snapshot, so a page never mixes two states of the catalogue.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from .simple_index import IndexFile, ProjectStatus
+
+_FILES = """
+    SELECT f.filename, f.sha256, f.version,
+           coalesce(f.requires_python, v.requires_python),
+           f.metadata_sha256, coalesce(v.yanked, false), v.yanked_reason,
+           f.size, f.published_at,
+           f.python_tag, f.abi_tag, f.platform_tag, f.build_id
+      FROM files f
+      LEFT JOIN versions v ON v.package = f.package AND v.version = f.version
+     WHERE f.state = 'published' AND f.package = %s
+"""
+_PACKAGES = "SELECT DISTINCT package FROM files WHERE state = 'published' ORDER BY package"
+_PROJECT = """
+    SELECT display_name, status, status_reason, skip_reason FROM packages WHERE package = %s
+"""
+_RELEASES = """
+    SELECT version, released, yanked, yanked_reason, skip_reason, has_sdist, requires_python
+      FROM versions WHERE package = %s
+"""
+_LATEST_BUILDS = """
+    SELECT DISTINCT ON (b.version, b.abi, b.platform)
+           b.version, b.abi || '-' || b.platform, b.build_id, b.status, b.log_path, b.ingest_state,
+           extract(epoch FROM b.duration)::float8, b.finished_at, b.builder,
+           EXISTS (SELECT 1 FROM files f WHERE f.build_id = b.build_id
+                                           AND f.state = 'published')
+      FROM builds b
+     WHERE b.package = %s
+     ORDER BY b.version, b.abi, b.platform, b.build_id DESC
+"""
+# Build targets by name, as names.target() spells them: cp311-linux_armv7l.
+_JOBS = "SELECT version, abi || '-' || platform, state FROM jobs WHERE package = %s"
+_TARGETS = "SELECT abi || '-' || platform, skip_reason FROM targets ORDER BY abi, platform"
+
+
+@dataclass(frozen=True)
+class PublishedFile:
+    """A published file with the tags and build a project page shows."""
+
+    file: IndexFile
+    python_tag: str | None
+    abi_tag: str | None
+    platform_tag: str | None
+    build_id: int
+
+
+@dataclass(frozen=True)
+class Release:
+    version: str
+    released: datetime | None
+    yanked: bool
+    yanked_reason: str | None
+    skip_reason: str | None
+    has_sdist: bool
+    requires_python: str | None
+
+
+@dataclass(frozen=True)
+class Build:
+    """The latest build of one release for one target (an ABI on a platform)."""
+
+    version: str
+    target: str
+    build_id: int
+    status: str              # success, failed, timeout, abandoned
+    log_path: str | None     # relative to www_root, e.g. logs/12.log.gz
+    ingest_state: str        # pending, done
+    seconds: float | None
+    finished_at: datetime
+    builder: str | None
+    published: bool          # at least one of its files is on the index
+
+
+@dataclass
+class ProjectData:
+    package: str
+    display_name: str
+    status: ProjectStatus
+    skip_reason: str | None
+    files: list[PublishedFile] = field(default_factory=list)
+    releases: list[Release] = field(default_factory=list)
+    builds: dict[tuple[str, str], Build] = field(default_factory=dict)
+    jobs: dict[tuple[str, str], str] = field(default_factory=dict)  # (version, target) -> state
+    targets: dict[str, str | None] = field(default_factory=dict)    # target -> skip reason
+
+    @property
+    def index_files(self) -> list[IndexFile]:
+        return [p.file for p in self.files]
+
+
+@contextlib.contextmanager
+def snapshot(conn: Any) -> Iterator[Any]:
+    """A cursor in one read-only REPEATABLE READ transaction (an autocommit connection),
+    or in the caller's transaction (otherwise)."""
+    own = bool(conn.autocommit)
+    with conn.cursor() as cur:
+        if own:
+            cur.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        try:
+            yield cur
+        finally:
+            if own and not conn.closed:
+                cur.execute("COMMIT")
+
+
+def _published(rows: list[tuple[Any, ...]]) -> list[PublishedFile]:
+    return [PublishedFile(IndexFile(*row[:9]), row[9], row[10], row[11], row[12])
+            for row in rows]
+
+
+def project_files(conn: Any, package: str) -> list[PublishedFile]:
+    """The published files of ``package`` (normalised name)."""
+    with snapshot(conn) as cur:
+        cur.execute(_FILES, (package,))
+        return _published(cur.fetchall())
+
+
+def published_packages(conn: Any) -> list[str]:
+    """Every project with at least one published file: the projects the index serves."""
+    with snapshot(conn) as cur:
+        cur.execute(_PACKAGES)
+        return [row[0] for row in cur.fetchall()]
+
+
+def load_project(conn: Any, package: str) -> ProjectData:
+    """Everything the pages of ``package`` show, from one snapshot."""
+    with snapshot(conn) as cur:
+        cur.execute(_PROJECT, (package,))
+        row = cur.fetchone()
+        if row is None:
+            data = ProjectData(package, package, ProjectStatus(), None)
+        else:
+            display, status, reason, skip = row
+            data = ProjectData(package, display, ProjectStatus(status, reason), skip)
+        cur.execute(_FILES, (package,))
+        data.files = _published(cur.fetchall())
+        cur.execute(_RELEASES, (package,))
+        data.releases = [Release(*r) for r in cur.fetchall()]
+        cur.execute(_LATEST_BUILDS, (package,))
+        for r in cur.fetchall():
+            build = Build(*r)
+            data.builds[(build.version, build.target)] = build
+        cur.execute(_JOBS, (package,))
+        data.jobs = {(v, a): s for v, a, s in cur.fetchall()}
+        cur.execute(_TARGETS)
+        data.targets = dict(cur.fetchall())
+    return data

@@ -1,0 +1,289 @@
+"""Project pages for people: ``/project/<name>/`` (HTML) and ``/project/<name>/json/``.
+
+One static page per project: its description (from the newest release's
+METADATA), how to install it, a grid of versions by ABIs of build states (each
+linking to its build log), and every file with its size and SHA-256. Self
+contained (inline CSS, no scripts, no external assets) and readable on a
+phone. The JSON document carries the same data for machines. Everything from
+upstream or from a wheel is escaped. Pure rendering: ``index`` writes the files.
+"""
+
+from __future__ import annotations
+
+import email.parser
+import email.policy
+import html
+import json
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote
+
+from .index_db import Build, ProjectData, PublishedFile
+from .simple_index import upload_time, version_key
+
+MAX_DESCRIPTION = 64 << 10  # characters of the long description shown
+
+# Build states shown in the grid (and in the JSON), with their labels.
+STATES = {
+    "built": "built",
+    "failed": "failed",
+    "building": "building",
+    "pending": "pending",
+    "skipped": "skipped",
+    "none": "not queued",
+}
+
+_CSS = """
+body{font:16px/1.5 system-ui,sans-serif;margin:0 auto;max-width:60rem;padding:0 1rem;
+color:#1b1b1b;background:#fff}
+h1{font-size:1.6rem;margin:1rem 0 .25rem}h2{font-size:1.2rem;margin-top:2rem}
+code,pre{font-family:ui-monospace,monospace;font-size:.9rem}
+pre{white-space:pre-wrap;overflow-wrap:anywhere;background:#f4f4f4;padding:.75rem;
+border-radius:4px}
+.scroll{overflow-x:auto}table{border-collapse:collapse;font-size:.9rem}
+th,td{border:1px solid #ccc;padding:.25rem .5rem;text-align:left;vertical-align:top}
+td.hash{overflow-wrap:anywhere;min-width:12rem}
+.built{background:#d9f2d9}.failed{background:#f8d7d7}.building,.pending{background:#fff3c4}
+.skipped,.none{background:#eee;color:#555}.yanked{color:#a00;font-weight:bold}
+.status{border-left:4px solid #a00;padding-left:.5rem}
+"""
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One version on one ABI."""
+
+    state: str                 # a key of STATES
+    build_id: int | None = None
+    log_path: str | None = None  # the log served as text, relative to the www root
+    note: str | None = None
+
+
+def _log_path(build: Build) -> str | None:
+    if not build.log_path or not build.log_path.endswith(".log.gz"):
+        return None
+    # logs/<id>.log.gz is also served decompressed, as text/plain, at logs/<id>.log.
+    return build.log_path[:-len(".gz")]
+
+
+def cell(data: ProjectData, version: str, target: str, release_skip: str | None,
+         has_sdist: bool) -> Cell:
+    """The state of ``version`` for ``target``: a live job first, then the latest build."""
+    job = data.jobs.get((version, target))
+    build = data.builds.get((version, target))
+    if job is not None:
+        return Cell("building" if job == "leased" else "pending",
+                    note="building now" if job == "leased" else "queued")
+    if build is not None:
+        log = _log_path(build)
+        secs = f"{build.seconds:.0f} s" if build.seconds is not None else None
+        if build.status == "success" and build.ingest_state == "pending":
+            return Cell("pending", build.build_id, log, "built, being published")
+        if build.status == "success" and build.published:
+            return Cell("built", build.build_id, log, secs)
+        if build.status == "success":
+            return Cell("failed", build.build_id, log, "refused by the master's checks")
+        return Cell("failed", build.build_id, log, build.status)
+    reason = data.skip_reason or release_skip or data.targets.get(target)
+    if reason:
+        return Cell("skipped", note=reason)
+    if not has_sdist:
+        return Cell("skipped", note="no source distribution upstream")
+    return Cell("none")
+
+
+def grid_targets(data: ProjectData) -> list[str]:
+    """Columns: the active targets, plus any other this project has builds or jobs for."""
+    used = {t for _, t in data.builds} | {t for _, t in data.jobs}
+    return sorted(t for t, skip in data.targets.items() if skip is None or t in used)
+
+
+def releases_newest_first(data: ProjectData) -> list[Any]:
+    return sorted(data.releases, key=lambda r: version_key(r.version), reverse=True)
+
+
+def description(metadata: bytes | None) -> tuple[str | None, str | None]:
+    """The Summary and long description of a METADATA file (either may be None)."""
+    if not metadata:
+        return None, None
+    text = metadata.decode("utf-8", errors="replace")
+    msg = email.parser.Parser(policy=email.policy.compat32).parsestr(text)
+    summary = " ".join(str(msg.get("Summary", "")).split()) or None
+    body = msg.get_payload()
+    long = body if isinstance(body, str) and body.strip() else str(msg.get("Description", ""))
+    long = long.strip()
+    if len(long) > MAX_DESCRIPTION:
+        long = long[:MAX_DESCRIPTION] + "\n…"
+    return summary, long or None
+
+
+def newest_file(data: ProjectData) -> PublishedFile | None:
+    if not data.files:
+        return None
+    return max(data.files, key=lambda p: (version_key(p.file.version), p.file.filename))
+
+
+def _size(n: int | None) -> str:
+    if n is None:
+        return ""
+    value = float(n)
+    for unit in ("B", "kB", "MB", "GB"):
+        if value < 1000 or unit == "GB":
+            return f"{n} B" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1000
+    return f"{n} B"
+
+
+def _quote(filename: str) -> str:
+    return quote(filename, safe="")
+
+
+def _e(value: object) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def install_line(data: ProjectData, index_url: str) -> str:
+    name = data.display_name or data.package
+    if index_url:
+        return f"pip install --extra-index-url {index_url} {name}"
+    return f"pip install {name}"
+
+
+# ------------------------------------------------------------------- HTML
+
+
+def _grid(data: ProjectData) -> str:
+    targets = grid_targets(data)
+    releases = releases_newest_first(data)
+    if not releases or not targets:
+        return "<p>No builds yet.</p>\n"
+    head = "".join(f'<th scope="col">{_e(t)}</th>' for t in targets)
+    rows = []
+    for rel in releases:
+        label = _e(rel.version)
+        if rel.yanked:
+            reason = f": {_e(rel.yanked_reason)}" if rel.yanked_reason else ""
+            label += f' <span class="yanked">yanked{reason}</span>'
+        cells = []
+        for target in targets:
+            c = cell(data, rel.version, target, rel.skip_reason, rel.has_sdist)
+            text = _e(STATES[c.state])
+            if c.log_path:
+                text = f'<a href="../../{_e(c.log_path)}">{text}</a>'
+            title = f' title="{_e(c.note)}"' if c.note else ""
+            cells.append(f'<td class="{c.state}"{title}>{text}</td>')
+        rows.append(f'<tr><th scope="row">{label}</th>{"".join(cells)}</tr>\n')
+    return ('<div class="scroll"><table>\n'
+            f'<thead><tr><th scope="col">version</th>{head}</tr></thead>\n'
+            f'<tbody>\n{"".join(rows)}</tbody>\n</table></div>\n')
+
+
+def _files(data: ProjectData) -> str:
+    if data.status.status == "quarantined":
+        return "<p>The files of a quarantined project are not offered.</p>\n"
+    if not data.files:
+        return "<p>No files yet.</p>\n"
+    rows = []
+    yanked = {r.version for r in data.releases if r.yanked}
+    ordered = sorted(data.files, key=lambda p: (version_key(p.file.version), p.file.filename),
+                     reverse=True)
+    for p in ordered:
+        f = p.file
+        mark = ' <span class="yanked">yanked</span>' if f.version in yanked else ""
+        when = upload_time(f.upload_time)[:10] if f.upload_time else ""
+        rows.append(
+            f'<tr><td><a href="../../packages/{_e(data.package)}/{_e(_quote(f.filename))}">'
+            f"{_e(f.filename)}</a>{mark}</td><td>{_e(f.version)}</td>"
+            f"<td>{_e(_size(f.size))}</td><td>{_e(when)}</td>"
+            f'<td class="hash"><code>{_e(f.sha256)}</code></td></tr>\n')
+    return ('<div class="scroll"><table>\n<thead><tr><th scope="col">file</th>'
+            '<th scope="col">version</th><th scope="col">size</th>'
+            '<th scope="col">published</th><th scope="col">SHA-256</th></tr></thead>\n'
+            f'<tbody>\n{"".join(rows)}</tbody>\n</table></div>\n')
+
+
+def render_html(data: ProjectData, metadata: bytes | None, index_url: str = "") -> str:
+    """The project page. ``metadata`` is the newest file's METADATA (or None)."""
+    summary, long = description(metadata)
+    name = data.display_name or data.package
+    parts = [f"<h1>{_e(name)}</h1>\n"]
+    if summary:
+        parts.append(f"<p>{_e(summary)}</p>\n")
+    if data.status.status != "active":
+        reason = f": {_e(data.status.reason)}" if data.status.reason else ""
+        parts.append(f'<p class="status">This project is {_e(data.status.status)}{reason}.</p>\n')
+    if data.skip_reason:
+        parts.append(f'<p class="status">Not built here: {_e(data.skip_reason)}.</p>\n')
+    parts.append("<h2>Install</h2>\n")
+    parts.append(f"<pre>{_e(install_line(data, index_url))}</pre>\n")
+    parts.append("<h2>Builds</h2>\n")
+    parts.append(_grid(data))
+    parts.append("<h2>Files</h2>\n")
+    parts.append(_files(data))
+    if long:
+        parts.append("<h2>Description</h2>\n")
+        parts.append(f"<pre>{_e(long)}</pre>\n")
+    parts.append('<p><a href="json/">This page as JSON</a> · '
+                 f'<a href="../../simple/{_e(data.package)}/">Simple index</a></p>\n')
+    return (
+        "<!DOCTYPE html>\n"
+        '<html lang="en">\n<head>\n<meta charset="utf-8">\n'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
+        f"<title>{_e(name)} · Pinwheel</title>\n<style>{_CSS}</style>\n</head>\n"
+        f"<body>\n{''.join(parts)}</body>\n</html>\n"
+    )
+
+
+# ------------------------------------------------------------------- JSON
+
+
+def project_json(data: ProjectData, metadata: bytes | None, index_url: str = "") -> dict[str, Any]:
+    summary, long = description(metadata)
+    targets = grid_targets(data)
+    releases = []
+    for rel in releases_newest_first(data):
+        builds = {}
+        for target in targets:
+            c = cell(data, rel.version, target, rel.skip_reason, rel.has_sdist)
+            builds[target] = {"state": c.state, "build_id": c.build_id,
+                           "log_url": f"/{c.log_path}" if c.log_path else None, "note": c.note}
+        releases.append({
+            "version": rel.version,
+            "released": rel.released.isoformat() if rel.released else None,
+            "yanked": rel.yanked,
+            "yanked_reason": rel.yanked_reason,
+            "skip_reason": rel.skip_reason,
+            "requires_python": rel.requires_python,
+            "builds": builds,
+        })
+    shown = [] if data.status.status == "quarantined" else data.files
+    files = [{
+        "filename": p.file.filename,
+        "version": p.file.version,
+        "url": f"/packages/{data.package}/{_quote(p.file.filename)}",
+        "size": p.file.size,
+        "sha256": p.file.sha256,
+        "python_tag": p.python_tag,
+        "abi_tag": p.abi_tag,
+        "platform_tag": p.platform_tag,
+        "upload_time": upload_time(p.file.upload_time) if p.file.upload_time else None,
+        "build_id": p.build_id,
+    } for p in sorted(shown, key=lambda p: (version_key(p.file.version), p.file.filename),
+                      reverse=True)]
+    return {
+        "name": data.package,
+        "display_name": data.display_name,
+        "status": {"status": data.status.status, "reason": data.status.reason},
+        "skip_reason": data.skip_reason,
+        "summary": summary,
+        "description": long,
+        "install": install_line(data, index_url),
+        "targets": targets,
+        "releases": releases,
+        "files": files,
+    }
+
+
+def render_json(data: ProjectData, metadata: bytes | None, index_url: str = "") -> str:
+    return json.dumps(project_json(data, metadata, index_url), ensure_ascii=False,
+                      indent=1) + "\n"
