@@ -190,5 +190,6 @@ def make_minifarm(pg: object, pg_template: str, upstream_url: str, place: Path,
         master_database_password="master-pw", master_database_sslmode="disable",
         master_www_root=str(place / "www"), master_incoming_root=str(sshd.incoming_root),
         master_quarantine_root=str(place / "quarantine"), master_upstream_url=upstream_url,
-        master_ca_bundle="", master_max_wheel_size=1 << 30, master_max_log_size=64 << 20)
+        master_ca_bundle="", master_max_wheel_size=1 << 30, master_max_log_size=64 << 20,
+        master_public_index_url="", master_armv6l_alias=False)
     return MiniFarm(pg, database, place, upstream_url, sshd, make_agent_venv(), master_conf)
