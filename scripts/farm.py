@@ -385,7 +385,22 @@ def check_from_host(port: int, project: str, version: str) -> None:
              f"{project}=={version}"], capture=True, env=env, timeout=300)
 
 
-def summary(queued: dict[str, str], port: int, finished: bool) -> int:
+def failed_builds(master: Host, queued: dict[str, str]) -> list[dict]:
+    """The latest build of each queued release and target, where it did not succeed."""
+    latest: dict[tuple[str, str, str], dict] = {}
+    for b in status(master)["recent_builds"]:
+        if queued.get(b["package"]) == b["version"]:
+            latest.setdefault((b["package"], b["abi"], b["platform"]), b)
+    return [b for b in latest.values() if b["status"] != "success"]
+
+
+def summary(master: Host, queued: dict[str, str], port: int, finished: bool) -> int:
+    failed = failed_builds(master, queued)
+    if failed:
+        say("failed builds (their logs say why)")
+        for b in failed:
+            print(f"    {b['package']} {b['version']} for {b['abi']}-{b['platform']}: "
+                  f"{b['status']}, log http://127.0.0.1:{port}/logs/{b['build_id']}.log")
     say("published wheels")
     installable = []
     for project, version in queued.items():
@@ -408,7 +423,11 @@ def summary(queued: dict[str, str], port: int, finished: bool) -> int:
     print(f"\nThe farm is up: its index is {index} (project pages, logs: http://127.0.0.1:{port}/)."
           f"\nChecked from this machine: pip installed {names} from the farm's index alone."
           f"\nUse it with:\n\n    pip install --extra-index-url {index} {names}\n")
-    return 0 if finished else 1
+    if failed:
+        print(f"{len(failed)} build(s) failed (above): the farm works, but not everything asked "
+              "for was built. Read the logs, fix the cause and run `make farm` again.",
+              file=sys.stderr)
+    return 0 if finished and not failed else 1
 
 
 # --------------------------------------------------------------- commands
@@ -429,7 +448,7 @@ def cmd_up() -> int:
     say("queueing packages on the master (pinwheel add)")
     queued = queue_packages(master, specs)
     finished = watch_builds(master, queued, timeout)
-    rc = summary(queued, port, finished)
+    rc = summary(master, queued, port, finished)
     say(f"make farm took {time.monotonic() - start:.0f} s")
     return rc
 

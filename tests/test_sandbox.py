@@ -202,3 +202,16 @@ def test_a_fork_bomb_is_contained_and_killed(users, place):
     result = build_once(sandbox(users, place, py, max_processes=50), place, 16)
     assert result.status == "failed"
     assert build_user_processes(users.build) == []
+
+
+def test_build_isolations_pip_subprocess_gets_the_ca_bundle_and_trusted_hosts(tmp_path):
+    # pip installs build dependencies with a pip subprocess that inherits the
+    # environment but not --cert (bookworm's pip 23): a farm behind a private CA
+    # failed every build needing setuptools until PIP_CERT was set.
+    sb = Sandbox("pwtest-nobody", tmp_path, "/usr/bin/python3", "https://pypi.org/simple/",
+                 ["http://pwm-master/simple/"], 60, ca_bundle="/etc/pinwheel/ca.crt")
+    cmd = sb._pip_command("foo", "1.0", tmp_path / "tree")
+    env = cmd[cmd.index("-i") + 1:cmd.index("-m") - 1]
+    assert "PIP_CERT=/etc/pinwheel/ca.crt" in env
+    assert "PIP_TRUSTED_HOST=pwm-master" in env
+    assert cmd[cmd.index("--cert") + 1] == "/etc/pinwheel/ca.crt"

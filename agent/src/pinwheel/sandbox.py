@@ -177,10 +177,17 @@ class Sandbox:
                "--index-url", self.index_url]
         for url in self.extra_index_urls:
             pip += ["--extra-index-url", url]
-        for host in plain_http_hosts([self.index_url, *self.extra_index_urls]):
+        # Also as environment variables: pip installs build dependencies (PEP 517
+        # build isolation) with a pip subprocess that inherits the environment
+        # but not every option (bookworm's pip 23 drops --cert there).
+        trusted = plain_http_hosts([self.index_url, *self.extra_index_urls])
+        for host in trusted:
             pip += ["--trusted-host", host]
+        if trusted:
+            env.append(f"PIP_TRUSTED_HOST={' '.join(trusted)}")
         if self.ca_bundle:
             pip += ["--cert", self.ca_bundle]
+            env.append(f"PIP_CERT={self.ca_bundle}")
         pip += ["-w", str(tree / "out")]
         return self._as_build_user(*self.limits.prlimit_command(), "/usr/bin/env", "-i",
                                    *env, *pip)
