@@ -1,5 +1,5 @@
 # Pinwheel: the only entry points a newcomer needs.
-#   make test         every test (installs what it needs first)
+#   make test         every test: lint, test-python, test-fleet (installs what it needs first)
 #   make test-python  unit and integration tests on real services
 #   make lint         ruff, yamllint, ansible-lint (production profile)
 #   make bench        side-by-side benchmarks, written to docs/benchmarks.md
@@ -49,7 +49,8 @@ $(SEED)/.fetched: | $(VENV)/.installed
 deps test-deps: $(CACHE)/apt.stamp $(VENV)/.installed $(SEED)/.fetched
 
 # --- tests
-test: lint test-python
+# Lint first (seconds to fail), then the services on loopback, then the fleet.
+test: lint test-python test-fleet
 
 test-python: test-deps
 	$(VENV)/bin/python -m pytest

@@ -313,10 +313,20 @@ def queue_packages(master: Host, specs: list[str]) -> dict[str, str]:
 
 # ----------------------------------------------------------------- progress
 
+def latest_builds(st: dict, queued: dict[str, str]) -> list[dict]:
+    """The latest build of each queued release on each target (an earlier run's
+    failure that has been built again since does not count)."""
+    latest: dict[tuple[str, str, str], dict] = {}
+    for b in st["recent_builds"]:  # newest first
+        if queued.get(b["package"]) == b["version"]:
+            latest.setdefault((b["package"], b["abi"], b["platform"]), b)
+    return list(latest.values())
+
+
 def progress_line(st: dict, queued: dict[str, str], elapsed: float) -> tuple[str, bool]:
     waiting = sum(q["queued"] for q in st["queue"])
     building = sum(q["building"] for q in st["queue"])
-    ours = [b for b in st["recent_builds"] if queued.get(b["package"]) == b["version"]]
+    ours = latest_builds(st, queued)
     ok = sum(1 for b in ours if b["status"] == "success")
     failed = sum(1 for b in ours if b["status"] != "success")
     publishing = sum(1 for b in ours if b["ingest"] != "done")
@@ -387,11 +397,7 @@ def check_from_host(port: int, project: str, version: str) -> None:
 
 def failed_builds(master: Host, queued: dict[str, str]) -> list[dict]:
     """The latest build of each queued release and target, where it did not succeed."""
-    latest: dict[tuple[str, str, str], dict] = {}
-    for b in status(master)["recent_builds"]:
-        if queued.get(b["package"]) == b["version"]:
-            latest.setdefault((b["package"], b["abi"], b["platform"]), b)
-    return [b for b in latest.values() if b["status"] != "success"]
+    return [b for b in latest_builds(status(master), queued) if b["status"] != "success"]
 
 
 def summary(master: Host, queued: dict[str, str], port: int, finished: bool) -> int:
