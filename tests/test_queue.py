@@ -9,7 +9,7 @@ from collections import Counter
 import psycopg2
 import pytest
 
-from pinwheel import db, names
+from pinwheel import builder_control, db, names
 from pinwheel.queue import BuilderQueue, ReportedFile
 from pinwheel.schema import BUILDER_GROUP, MASTER_GROUP
 
@@ -279,3 +279,30 @@ def test_master_role_reads_and_writes_tables(pg, database):
     db.call(conn, "INSERT INTO packages (package, display_name) VALUES ('bar', 'Bar')")
     assert db.call(conn, "SELECT count(*) FROM packages")[0][0] == 1
     conn.close()
+
+
+def test_an_operator_pauses_and_resumes_builders_without_restarting_them(pg, database):
+    arm = builder(pg, database, "qb_parm", platform="linux_armv7l")
+    x86 = builder(pg, database, "qb_px86")
+    master = db.connect(pg.create_login(database, "qb_pmaster", MASTER_GROUP, "m-pw"))
+    enqueue(pg, database, "foo", ["1.0", "2.0"])
+    paused = builder_control.set_paused(master, True, target="cp311-linux_armv7l")
+    assert [(s.builder, s.target, s.paused) for s in paused] == \
+        [("qb_parm", "cp311-linux_armv7l", True)]
+    assert arm.claim() is None          # paused: its agent, still running, claims nothing
+    assert x86.claim() is not None      # the other target's builder is unaffected
+    # Resuming wakes the idle agent at once (the NOTIFY new work sends).
+    woke: list[bool] = []
+    target = names.target("cp311", "linux_armv7l")
+    t = threading.Thread(target=lambda: woke.append(arm.wait_for_work(target, 20)))
+    t.start()
+    time.sleep(0.3)
+    resumed = builder_control.set_paused(master, False, ["qb_parm"])
+    t.join(25)
+    assert woke == [True] and [s.paused for s in resumed] == [False]
+    assert arm.claim() is not None
+    with pytest.raises(builder_control.NoSuchBuilder, match="no builder named nope"):
+        builder_control.set_paused(master, True, ["nope"])
+    with pytest.raises(builder_control.NoSuchBuilder, match="no builder builds for cp27-x"):
+        builder_control.set_paused(master, True, target="cp27-x")
+    master.close()

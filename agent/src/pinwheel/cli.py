@@ -147,6 +147,27 @@ def cmd_add(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_pause(args: argparse.Namespace, paused: bool) -> int:
+    from . import builder_control
+    cfg = MasterConfig.load(args.config)
+    conn = db.connect(cfg.dsn, application_name="pinwheel-pause")
+    if not (args.builders or args.target or args.all):
+        print("name the builders, or give --target ABI-PLATFORM, or --all "
+              "(see `pinwheel status` for both)", file=sys.stderr)
+        return 2
+    try:
+        states = builder_control.set_paused(conn, paused, args.builders, args.target)
+    except builder_control.NoSuchBuilder as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(_table(("builder", "target", "state", "building"),
+                 [(s.builder, s.target, "paused" if s.paused else "active", s.current_job)
+                  for s in states]))
+    if paused and any(s.current_job for s in states):
+        print("A paused builder finishes the build it holds, then claims nothing until resumed.")
+    return 0
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     cfg = MasterConfig.load(args.config)
     conn = db.connect(cfg.dsn, application_name="pinwheel-status")
@@ -239,6 +260,16 @@ def parser() -> argparse.ArgumentParser:
     add.add_argument("--upstream", help="upstream simple index URL (default: from the config)")
     add.add_argument("--priority", type=int, default=0, help="higher builds sooner (default 0)")
     add.set_defaults(func=cmd_add)
+
+    for verb, paused, what in (("pause", True, "stop builders claiming jobs (no restart)"),
+                               ("resume", False, "let paused builders claim jobs again")):
+        pz = sub.add_parser(verb, help=what)
+        pz.add_argument("builders", nargs="*", metavar="BUILDER", help="builder names")
+        pz.add_argument("--target", metavar="ABI-PLATFORM",
+                        help="every builder of this target, e.g. cp311-linux_armv7l")
+        pz.add_argument("--all", action="store_true", help="every builder")
+        pz.add_argument("--config", default=MASTER_CONF, help=f"default {MASTER_CONF}")
+        pz.set_defaults(func=lambda args, p=paused: cmd_pause(args, p))
 
     st = sub.add_parser("status", help="the queue, the builders and recent builds")
     st.add_argument("--config", default=MASTER_CONF, help=f"default {MASTER_CONF}")
