@@ -53,14 +53,7 @@ class Catalogue:
     failed_build: int = 0
 
     def admin(self, query: str, params: tuple = ()) -> list[tuple]:
-        conn = self.pg.admin(self.database)
-        try:
-            with conn.cursor() as cur:
-                cur.execute("SET search_path = pinwheel")
-                cur.execute(query, params)
-                return cur.fetchall() if cur.description else []
-        finally:
-            conn.close()
+        return self.pg.query(self.database, query, params)
 
     def release(self, package: str, display: str, version: str,
                 requires_python: str | None = None) -> None:

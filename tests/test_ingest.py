@@ -45,14 +45,7 @@ class Farm:
         return self.cfg.incoming_root / BUILDER
 
     def admin(self, query: str, params: tuple = ()) -> list[tuple]:
-        conn = self.pg.admin(self.database)
-        try:
-            with conn.cursor() as cur:
-                cur.execute("SET search_path = pinwheel")
-                cur.execute(query, params)
-                return cur.fetchall() if cur.description else []
-        finally:
-            conn.close()
+        return self.pg.query(self.database, query, params)
 
     def claim(self, package: str = "foo", version: str = "1.0",
               requires_python: str | None = None) -> Job:

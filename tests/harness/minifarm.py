@@ -83,14 +83,7 @@ class MiniFarm:
     # -- the queue -----------------------------------------------------------
 
     def sql(self, query: str, params: tuple = ()) -> list[tuple]:
-        conn = self.pg.admin(self.database)  # type: ignore[attr-defined]
-        try:
-            with conn.cursor() as cur:
-                cur.execute("SET search_path = pinwheel")
-                cur.execute(query, params)
-                return cur.fetchall() if cur.description else []
-        finally:
-            conn.close()
+        return self.pg.query(self.database, query, params)  # type: ignore[attr-defined]
 
     def pinwheel(self, *args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run([sys.executable, "-m", "pinwheel", *args, "--config",

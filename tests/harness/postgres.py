@@ -88,6 +88,17 @@ class PostgresCluster:
         conn.autocommit = True
         return conn
 
+    def query(self, dbname: str, query: str, params: tuple = ()) -> list[tuple]:
+        """Run one statement as the superuser in the pinwheel schema; its rows, if any."""
+        conn = self.admin(dbname)
+        try:
+            with conn.cursor() as cur:
+                cur.execute("SET search_path = pinwheel")
+                cur.execute(query, params)
+                return cur.fetchall() if cur.description else []
+        finally:
+            conn.close()
+
     def create_database(self, name: str, template: str | None = None) -> None:
         conn = self.admin()
         with conn.cursor() as cur:
