@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections import Counter
@@ -10,6 +11,7 @@ import psycopg2
 import pytest
 
 from pinwheel import builder_control, db, names
+from pinwheel.aptdeps import Library
 from pinwheel.queue import BuilderQueue, ReportedFile
 from pinwheel.schema import BUILDER_GROUP, MASTER_GROUP
 
@@ -203,6 +205,79 @@ def test_malformed_file_reports_are_refused_with_a_clear_error(pg, database):
         q.finish(job, "success", job.lease_expires, 1.0, None, [])
     with pytest.raises(db.InvalidReport, match="invalid build status"):
         q.finish(job, "great", job.lease_expires, 1.0, None, [])
+
+
+def test_apt_dependencies_are_stored_with_each_file(pg, database):
+    q = builder(pg, database, "qb_apt")
+    enqueue(pg, database, "foo", ["1.0"])
+    job = q.claim()
+    libs = (Library("libc.so.6", "debian", "libc6", True),
+            Library("libffi.so.8", "debian", "libffi8"),
+            Library("libfoo-1a2b3c4d.so.1", "bundled"),
+            Library("libbar.so.2", "unpackaged"),
+            Library("libgone.so.3", "missing"))
+    build_id = q.finish(job, "success", job.lease_expires, 1.0, None, [
+        ReportedFile("foo-1.0-cp311-cp311-linux_x86_64.whl", 10, SHA, libs),
+        ReportedFile("foo-1.0-py3-none-any.whl", 10, SHA, ()),
+        ReportedFile("foo-1.0.tar.gz", 10, SHA)])
+    rows = scalar(pg, database, """
+        SELECT json_agg(json_build_array(f.filename, f.libraries_checked, f.libraries_refused,
+                                         l.library, l.kind, l.package, l.base)
+                        ORDER BY f.filename, l.library)
+          FROM files f LEFT JOIN file_libraries l USING (file_id) WHERE f.build_id = %s""",
+                  (build_id,))
+    assert rows == [
+        ["foo-1.0-cp311-cp311-linux_x86_64.whl", True, None, "libbar.so.2", "unpackaged", None,
+         False],
+        ["foo-1.0-cp311-cp311-linux_x86_64.whl", True, None, "libc.so.6", "debian", "libc6",
+         True],
+        ["foo-1.0-cp311-cp311-linux_x86_64.whl", True, None, "libffi.so.8", "debian", "libffi8",
+         False],
+        ["foo-1.0-cp311-cp311-linux_x86_64.whl", True, None, "libfoo-1a2b3c4d.so.1", "bundled",
+         None, False],
+        ["foo-1.0-cp311-cp311-linux_x86_64.whl", True, None, "libgone.so.3", "missing", None,
+         False],
+        ["foo-1.0-py3-none-any.whl", True, None, None, None, None, None],
+        ["foo-1.0.tar.gz", False, None, None, None, None, None],
+    ]
+
+
+@pytest.mark.parametrize(("libraries", "reason"), [
+    ([{"library": "libz.so.1", "kind": "debian", "package": "zlib1g; rm -rf /"}],
+     "invalid Debian package name 'zlib1g; rm -rf /' for libz.so.1"),
+    ([{"library": "libz.so.1", "kind": "debian", "package": "Zlib1g"}],
+     "invalid Debian package name 'Zlib1g'"),
+    ([{"library": "../../etc/passwd", "kind": "missing"}], "invalid library name"),
+    ([{"library": "<script>.so", "kind": "missing"}], "invalid library name"),
+    ([{"library": f"libx{i}.so.1", "kind": "missing"} for i in range(5000)],
+     "5000 libraries reported, at most 200 are accepted"),
+    ([{"library": "libz.so.1", "kind": "evil"}], "invalid kind 'evil' for libz.so.1"),
+    ([{"library": "libz.so.1", "kind": "bundled", "package": "zlib1g"}],
+     "a package for libz.so.1, which is bundled"),
+    ([{"library": "libz.so.1", "kind": "missing"}] * 2, "library libz.so.1 reported twice"),
+    ({"libz.so.1": "zlib1g"}, "libraries must be a JSON array"),
+    (["libz.so.1"], "each library must be an object"),
+])
+def test_a_hostile_list_of_libraries_is_refused_and_the_refusal_recorded(pg, database,
+                                                                          libraries, reason):
+    q = builder(pg, database, "qb_apt_hostile")
+    enqueue(pg, database, "foo", ["1.0"])
+    job = q.claim()
+    wheel = {"filename": "foo-1.0-cp311-cp311-linux_x86_64.whl", "size": 10, "sha256": SHA,
+             "libraries": libraries}
+    build_id = db.call(q.conn, "SELECT finish_job(%s, %s, 'success', now(), 1, NULL, %s::jsonb)",
+                       (job.job_id, job.lease_token, json.dumps([wheel])))[0][0]
+    checked, refused, stored = scalar(pg, database, """
+        SELECT json_build_array(f.libraries_checked, f.libraries_refused,
+                                (SELECT count(*) FROM file_libraries l
+                                  WHERE l.file_id = f.file_id))
+          FROM files f WHERE f.build_id = %s""", (build_id,))
+    assert (checked, stored) == (False, 0)
+    assert refused.startswith("refused the builder's list of shared libraries: ")
+    assert reason in refused
+    # The build and its file are recorded as usual, for the master to verify.
+    assert scalar(pg, database, "SELECT status FROM builds WHERE build_id = %s",
+                  (build_id,)) == "success"
 
 
 def test_notify_wakes_an_idle_builder(pg, database):

@@ -34,7 +34,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Callable, TypeVar
 
-from . import db, names, push
+from . import aptdeps, db, names, push
 from .config import AgentConfig
 from .limits import free_mb
 from .notify import Notifier
@@ -53,8 +53,15 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-def report_for(path: Path) -> ReportedFile:
-    return ReportedFile(path.name, path.stat().st_size, sha256_of(path))
+def report_for(path: Path, system: aptdeps.System | None = None) -> ReportedFile:
+    """What the master is told about a pushed file; with ``system``, its apt dependencies."""
+    libraries = None
+    if system is not None:
+        try:
+            libraries = tuple(aptdeps.wheel_libraries(path, system))
+        except Exception as exc:  # a wheel we cannot read still ships
+            log.warning("%s: could not list its shared libraries: %s", path.name, exc)
+    return ReportedFile(path.name, path.stat().st_size, sha256_of(path), libraries)
 
 
 class Agent:
@@ -297,7 +304,8 @@ class Agent:
         log_gz = outbox / f"job-{job.job_id}.log.gz"
         with open(result.log_path, "rb") as src, gzip.open(log_gz, "wb") as dst:
             shutil.copyfileobj(src, dst)
-        files = [report_for(w) for w in result.wheels]
+        system = aptdeps.System() if result.status == "success" else None
+        files = [report_for(w, system) for w in result.wheels]
         log_report = report_for(log_gz)
         try:
             self._push(job, [*result.wheels, log_gz])

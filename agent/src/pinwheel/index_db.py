@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from .aptdeps import Library
 from .simple_index import IndexFile, ProjectStatus
 
 _FILES = """
@@ -46,6 +47,21 @@ _LATEST_BUILDS = """
 """
 # Build targets by name, as names.target() spells them: cp311-linux_armv7l.
 _JOBS = "SELECT version, abi || '-' || platform, state FROM jobs WHERE package = %s"
+# The apt dependencies of published files (migration 5).
+_FILE_LIBRARIES = """
+    SELECT f.filename, f.libraries_checked, f.libraries_refused,
+           coalesce(array_agg(l.library ORDER BY l.library) FILTER (WHERE l.library IS NOT NULL),
+                    '{}'),
+           coalesce(array_agg(l.kind ORDER BY l.library) FILTER (WHERE l.library IS NOT NULL),
+                    '{}'),
+           coalesce(array_agg(l.package ORDER BY l.library) FILTER (WHERE l.library IS NOT NULL),
+                    '{}'),
+           coalesce(array_agg(l.base ORDER BY l.library) FILTER (WHERE l.library IS NOT NULL),
+                    '{}')
+      FROM files f LEFT JOIN file_libraries l USING (file_id)
+     WHERE f.state = 'published' AND f.package = %s
+     GROUP BY f.file_id
+"""
 _TARGETS = "SELECT abi || '-' || platform, skip_reason FROM targets ORDER BY abi, platform"
 
 
@@ -87,6 +103,15 @@ class Build:
     published: bool          # at least one of its files is on the index
 
 
+@dataclass(frozen=True)
+class FileLibraries:
+    """The apt dependencies recorded for one file."""
+
+    checked: bool                     # the builder's list was stored (it may be empty)
+    refused: str | None               # why the builder's list was not stored
+    libraries: tuple[Library, ...] = ()
+
+
 @dataclass
 class ProjectData:
     package: str
@@ -98,6 +123,7 @@ class ProjectData:
     builds: dict[tuple[str, str], Build] = field(default_factory=dict)
     jobs: dict[tuple[str, str], str] = field(default_factory=dict)  # (version, target) -> state
     targets: dict[str, str | None] = field(default_factory=dict)    # target -> skip reason
+    libraries: dict[str, FileLibraries] = field(default_factory=dict)  # by file name
 
     @property
     def index_files(self) -> list[IndexFile]:
@@ -160,4 +186,9 @@ def load_project(conn: Any, package: str) -> ProjectData:
         data.jobs = {(v, a): s for v, a, s in cur.fetchall()}
         cur.execute(_TARGETS)
         data.targets = dict(cur.fetchall())
+        cur.execute(_FILE_LIBRARIES, (package,))
+        for name, checked, refused, libs, kinds, packages, bases in cur.fetchall():
+            data.libraries[name] = FileLibraries(
+                checked, refused,
+                tuple(Library(*row) for row in zip(libs, kinds, packages, bases)))
     return data

@@ -1,8 +1,10 @@
 """Project pages for people: ``/project/<name>/`` (HTML) and ``/project/<name>/json/``.
 
 One static page per project: its description (from the newest release's
-METADATA), how to install it, a grid of versions by ABIs of build states (each
-linking to its build log), and every file with its size and SHA-256. Self
+METADATA), how to install it (pip, and ``sudo apt install`` for the Debian
+packages its compiled code needs, see :func:`apt_groups`), a grid of
+versions by ABIs of build states (each linking to its build log), and every
+file with its size, SHA-256 and Debian packages. Self
 contained (inline CSS, no scripts, no external assets) and readable on a
 phone. The JSON document carries the same data for machines. Everything from
 upstream or from a wheel is escaped. Pure rendering: ``index`` writes the files.
@@ -18,7 +20,8 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
-from .index_db import Build, ProjectData, PublishedFile
+from .aptdeps import apt_install_line
+from .index_db import Build, FileLibraries, ProjectData, PublishedFile
 from .simple_index import upload_time, version_key
 
 MAX_DESCRIPTION = 64 << 10  # characters of the long description shown
@@ -46,6 +49,7 @@ td.hash{overflow-wrap:anywhere;min-width:12rem}
 .built{background:#d9f2d9}.failed{background:#f8d7d7}.building,.pending{background:#fff3c4}
 .skipped,.none{background:#eee;color:#555}.yanked{color:#a00;font-weight:bold}
 .status{border-left:4px solid #a00;padding-left:.5rem}
+.base,.note{color:#555}
 """
 
 
@@ -149,7 +153,117 @@ def install_line(data: ProjectData, index_url: str) -> str:
     return f"pip install {name}"
 
 
+@dataclass(frozen=True)
+class AptGroup:
+    """Targets whose newest wheels need the same shared libraries from the same places."""
+
+    targets: tuple[str, ...]      # <abi>-<platform>, as in the grid
+    versions: tuple[str, ...]     # the version looked at, per target
+    packages: tuple[str, ...]     # Debian packages for the apt line (not base)
+    base: tuple[str, ...]         # Debian packages every Debian system has
+    unpackaged: tuple[str, ...]   # libraries found on the builder in no package
+    missing: tuple[str, ...]      # libraries not found on the builder
+
+    @property
+    def install(self) -> str | None:
+        return apt_install_line(self.packages)
+
+
+def _shown(data: ProjectData) -> list[PublishedFile]:
+    return [] if data.status.status == "quarantined" else data.files
+
+
+def apt_groups(data: ProjectData) -> list[AptGroup]:
+    """What to ``apt install`` per target, from each target's newest version.
+
+    For each target (the ABI and platform tags of the wheels) the newest version
+    with a wheel for it is looked at; the shared libraries of that version's
+    wheels are put together. Targets that need nothing (pure Python) or whose
+    newest wheels were never checked (built before migration 5) are left out;
+    targets needing the same are shown as one group.
+    """
+    newest: dict[str, str] = {}
+    for p in _shown(data):
+        target = f"{p.abi_tag}-{p.platform_tag}"
+        if target not in newest or version_key(p.file.version) > version_key(newest[target]):
+            newest[target] = p.file.version
+    groups: dict[tuple[tuple[str, ...], ...], list[tuple[str, str]]] = {}
+    for target, version in sorted(newest.items()):
+        infos = [data.libraries.get(p.file.filename) for p in _shown(data)
+                 if f"{p.abi_tag}-{p.platform_tag}" == target and p.file.version == version]
+        checked = [i for i in infos if i is not None and i.checked]
+        libs = [lib for i in checked for lib in i.libraries]
+        if not libs:
+            continue
+        key = (
+            tuple(sorted({lib.package for lib in libs if lib.package and not lib.base})),
+            tuple(sorted({lib.package for lib in libs if lib.package and lib.base})),
+            tuple(sorted({lib.library for lib in libs if lib.kind == "unpackaged"})),
+            tuple(sorted({lib.library for lib in libs if lib.kind == "missing"})),
+        )
+        groups.setdefault(key, []).append((target, version))
+    return [AptGroup(tuple(t for t, _ in members), tuple(v for _, v in members), *key)
+            for key, members in groups.items()]
+
+
+def file_apt(info: FileLibraries | None) -> dict[str, Any] | None:
+    """One file's apt dependencies, for the JSON (None: never checked)."""
+    if info is None or (not info.checked and not info.refused):
+        return None
+    packages = sorted({lib.package for lib in info.libraries if lib.package and not lib.base})
+    return {"checked": info.checked, "refused": info.refused,
+            "libraries": [lib.as_json() for lib in info.libraries],
+            "packages": packages, "install": apt_install_line(packages)}
+
+
 # ------------------------------------------------------------------- HTML
+
+
+def _apt(data: ProjectData) -> str:
+    groups = apt_groups(data)
+    if not groups:
+        return ""
+    parts = ['<section class="apt">\n<p>Shared libraries the compiled code needs, as found on '
+             "the builders; the line leaves out packages every Debian system has.</p>\n"]
+    for g in groups:
+        on = ", ".join(f"{t} ({v})" for t, v in zip(g.targets, g.versions))
+        parts.append(f'<p class="apt-for">For {_e(on)}:</p>\n')
+        if g.install:
+            parts.append(f'<pre class="apt-install">{_e(g.install)}</pre>\n')
+        else:
+            parts.append("<p>No Debian package to install beyond a base system.</p>\n")
+        if g.base:
+            parts.append(f'<p class="note">Also needs, on every Debian system: '
+                         f"{_e(', '.join(g.base))}.</p>\n")
+        if g.unpackaged:
+            parts.append(f'<p class="note">Not from a Debian package: '
+                         f"{_e(', '.join(g.unpackaged))}.</p>\n")
+        if g.missing:
+            parts.append(f'<p class="note">Not found on the builder: '
+                         f"{_e(', '.join(g.missing))}.</p>\n")
+    parts.append("</section>\n")
+    return "".join(parts)
+
+
+def _file_apt_cell(info: FileLibraries | None) -> str:
+    if info is None or (not info.checked and not info.refused):
+        return ""
+    if info.refused:
+        return f'<span class="note">not recorded: {_e(info.refused)}</span>'
+    items = []
+    for lib in info.libraries:
+        if lib.kind == "debian" and lib.base:
+            items.append(f'<span class="base" title="{_e(lib.library)}; on every Debian '
+                         f'system">{_e(lib.package)}</span>')
+        elif lib.kind == "debian":
+            items.append(f'<span title="{_e(lib.library)}">{_e(lib.package)}</span>')
+        elif lib.kind == "unpackaged":
+            items.append(f"not from a Debian package: {_e(lib.library)}")
+        elif lib.kind == "missing":
+            items.append(f"not found on the builder: {_e(lib.library)}")
+        else:
+            items.append(f'<span class="note">bundled: {_e(lib.library)}</span>')
+    return ", ".join(dict.fromkeys(items)) or '<span class="note">none</span>'
 
 
 def _grid(data: ProjectData) -> str:
@@ -195,10 +309,12 @@ def _files(data: ProjectData) -> str:
             f'<tr><td><a href="../../packages/{_e(data.package)}/{_e(_quote(f.filename))}">'
             f"{_e(f.filename)}</a>{mark}</td><td>{_e(f.version)}</td>"
             f"<td>{_e(_size(f.size))}</td><td>{_e(when)}</td>"
-            f'<td class="hash"><code>{_e(f.sha256)}</code></td></tr>\n')
+            f'<td class="hash"><code>{_e(f.sha256)}</code></td>'
+            f'<td class="apt">{_file_apt_cell(data.libraries.get(f.filename))}</td></tr>\n')
     return ('<div class="scroll"><table>\n<thead><tr><th scope="col">file</th>'
             '<th scope="col">version</th><th scope="col">size</th>'
-            '<th scope="col">published</th><th scope="col">SHA-256</th></tr></thead>\n'
+            '<th scope="col">published</th><th scope="col">SHA-256</th>'
+            '<th scope="col">Debian packages</th></tr></thead>\n'
             f'<tbody>\n{"".join(rows)}</tbody>\n</table></div>\n')
 
 
@@ -216,6 +332,7 @@ def render_html(data: ProjectData, metadata: bytes | None, index_url: str = "") 
         parts.append(f'<p class="status">Not built here: {_e(data.skip_reason)}.</p>\n')
     parts.append("<h2>Install</h2>\n")
     parts.append(f"<pre>{_e(install_line(data, index_url))}</pre>\n")
+    parts.append(_apt(data))
     parts.append("<h2>Builds</h2>\n")
     parts.append(_grid(data))
     parts.append("<h2>Files</h2>\n")
@@ -268,6 +385,7 @@ def project_json(data: ProjectData, metadata: bytes | None, index_url: str = "")
         "platform_tag": p.platform_tag,
         "upload_time": upload_time(p.file.upload_time) if p.file.upload_time else None,
         "build_id": p.build_id,
+        "apt_dependencies": file_apt(data.libraries.get(p.file.filename)),
     } for p in sorted(shown, key=lambda p: (version_key(p.file.version), p.file.filename),
                       reverse=True)]
     return {
@@ -278,6 +396,10 @@ def project_json(data: ProjectData, metadata: bytes | None, index_url: str = "")
         "summary": summary,
         "description": long,
         "install": install_line(data, index_url),
+        "apt": [{"targets": list(g.targets), "versions": list(g.versions),
+                 "install": g.install, "packages": list(g.packages),
+                 "base_packages": list(g.base), "not_from_debian": list(g.unpackaged),
+                 "not_found": list(g.missing)} for g in apt_groups(data)],
         "targets": targets,
         "releases": releases,
         "files": files,

@@ -16,6 +16,7 @@ from datetime import datetime
 from typing import Any
 
 from . import db
+from .aptdeps import Library
 
 JOBS_CHANNEL = "pinwheel_jobs"
 
@@ -46,9 +47,15 @@ class ReportedFile:
     filename: str
     size: int
     sha256: str
+    # The shared libraries its ELF files need (pinwheel.aptdeps); None: not looked at.
+    libraries: tuple[Library, ...] | None = None
 
     def as_json(self) -> dict[str, Any]:
-        return {"filename": self.filename, "size": self.size, "sha256": self.sha256}
+        doc: dict[str, Any] = {"filename": self.filename, "size": self.size,
+                               "sha256": self.sha256}
+        if self.libraries is not None:
+            doc["libraries"] = [lib.as_json() for lib in self.libraries]
+        return doc
 
 
 class BuilderQueue:
