@@ -11,6 +11,7 @@ import gzip
 import hashlib
 import html
 import os
+import subprocess
 import threading
 import time
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ from test_verify import make_wheel, wheel_bytes
 
 from harness.ports import free_port
 from pinwheel import db, fsutil, index, ingest
+from pinwheel.aptdeps import Library, System, wheel_libraries
 from pinwheel.config import MasterConfig
 from pinwheel.queue import BuilderQueue, Job, ReportedFile
 from pinwheel.schema import BUILDER_GROUP, MASTER_GROUP
@@ -578,3 +580,50 @@ def test_atomic_write_replaces_the_file_and_make_dirs_refuses_a_file_in_the_way(
     assert oct((tmp_path / "a").stat().st_mode & 0o777) == "0o755"
     with pytest.raises(NotADirectoryError, match="is not a directory"):
         fsutil.make_dirs(target)
+
+
+# ------------------------------------------------------------ apt dependencies
+
+
+def _ctypes_extension() -> bytes:
+    """The system Python's _ctypes: a real extension needing libffi and libc."""
+    path = subprocess.run(["/usr/bin/python3", "-c", "import _ctypes; print(_ctypes.__file__)"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    return Path(path).read_bytes()
+
+
+def test_the_master_keeps_a_list_of_libraries_that_fits_the_wheel(farm):
+    so = _ctypes_extension()
+    wheel = farm.push_wheel(tag="cp311-cp311-linux_x86_64", members={"foo/_c.so": so})
+    honest = wheel_libraries(farm.incoming / wheel.filename, System())
+    assert any(lib.library.startswith("libffi.so.") for lib in honest)
+    build_id = farm.build([ReportedFile(wheel.filename, wheel.size, wheel.sha256,
+                                        tuple(honest))])
+    farm.ingest()
+    assert farm.file_row(build_id) == ("published", None)
+    assert farm.admin("SELECT libraries_checked, libraries_refused FROM files "
+                      "WHERE build_id = %s", (build_id,)) == [(True, None)]
+    stored = farm.admin("SELECT l.library, l.package FROM file_libraries l JOIN files f "
+                        "USING (file_id) WHERE f.build_id = %s ORDER BY 1", (build_id,))
+    assert stored == [(lib.library, lib.package) for lib in honest]
+
+
+def test_the_master_drops_a_list_of_libraries_the_wheel_does_not_need(farm):
+    so = _ctypes_extension()
+    wheel = farm.push_wheel(tag="cp311-cp311-linux_x86_64", members={"foo/_c.so": so})
+    # A lying builder: a package the wheel does not need, to get onto the apt line.
+    lie = (Library("libc.so.6", "debian", "libc6", True),
+           Library("libevil.so.1", "debian", "evil-tools"))
+    build_id = farm.build([ReportedFile(wheel.filename, wheel.size, wheel.sha256, lie)])
+    farm.ingest()
+    assert farm.file_row(build_id) == ("published", None), "the wheel itself is fine"
+    (checked, refused), = farm.admin("SELECT libraries_checked, libraries_refused FROM files "
+                                     "WHERE build_id = %s", (build_id,))
+    assert checked is False
+    assert refused.startswith("the master refused the builder's list of shared libraries: ")
+    assert "libevil.so.1, which no ELF file of the wheel needs" in refused
+    assert "the wheel needs libffi.so." in refused
+    assert farm.admin("SELECT count(*) FROM file_libraries")[0][0] == 0
+    page = (farm.cfg.www_root / "project" / "foo" / "index.html").read_text()
+    assert "evil-tools" not in page and "sudo apt install" not in page
+    assert html.escape("libevil.so.1, which no ELF file", quote=True) in page

@@ -9,6 +9,8 @@ nginx-served index without compiling anything.
 from __future__ import annotations
 
 import gzip
+import json
+import re
 import subprocess
 import sys
 import urllib.request
@@ -25,6 +27,7 @@ from harness.agents import (
     world_readable_tempdir,
     write_agent_config,
 )
+from harness.index_checks import fetch, parse_html
 from harness.templates import write_role_template
 from harness.users import AgentUsers, ensure_agent_users
 from pinwheel.schema import BUILDER_GROUP, MASTER_GROUP
@@ -36,7 +39,7 @@ BUILDERS = {
     "e2e_two": AgentUsers("pwtest-agent2", "pwtest-build2"),
 }
 RELEASES = {"pwtest-cext": ["1.0"], "pwtest-broken": ["1.0"],
-            "pwtest-pure": [f"1.{i}" for i in range(8)]}
+            "pwtest-pure": [f"1.{i}" for i in range(8)], "pwtest-clibs": ["1.0"]}
 
 
 @dataclass
@@ -155,7 +158,7 @@ def test_every_job_is_built_exactly_once(built: Farm):
     statuses = dict(built.sql("SELECT package, string_agg(DISTINCT status, ',') FROM builds "
                               "GROUP BY package"))
     assert statuses == {"pwtest-cext": "success", "pwtest-pure": "success",
-                        "pwtest-broken": "failed"}
+                        "pwtest-broken": "failed", "pwtest-clibs": "success"}
     builders = {r[0] for r in built.sql("SELECT DISTINCT builder FROM builds")}
     assert builders <= set(BUILDERS)
 
@@ -163,7 +166,7 @@ def test_every_job_is_built_exactly_once(built: Farm):
 def test_published_files_are_on_the_index(built: Farm):
     published = built.sql("SELECT filename, sha256 FROM files WHERE state = 'published' "
                           "ORDER BY filename")
-    assert len(published) == 9
+    assert len(published) == 10
     assert built.sql("SELECT count(*) FROM files WHERE state <> 'published'")[0][0] == 0
     with urllib.request.urlopen(built.index_url) as resp:
         root = resp.read().decode()
@@ -189,7 +192,7 @@ def test_pip_installs_the_c_extension_without_compiling(built: Farm, tmp_path: P
            "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
     install = subprocess.run(
         [str(venv / "bin" / "pip"), "install", "--index-url", built.index_url, "--no-cache-dir",
-         "--only-binary", ":all:", "pwtest-cext"],
+         "--only-binary", ":all:", "pwtest-cext", "pwtest-clibs"],
         capture_output=True, text=True, env=env)
     assert install.returncode == 0, install.stdout + install.stderr
     assert "pwtest_cext-1.0-cp311-cp311-linux_x86_64.whl" in install.stdout
@@ -198,6 +201,46 @@ def test_pip_installs_the_c_extension_without_compiling(built: Farm, tmp_path: P
                           "import pwtest_cext; print(pwtest_cext.add(2, 40))"],
                          capture_output=True, text=True, env=env)
     assert run.stdout.strip() == "42", run.stderr
+    run = subprocess.run([str(venv / "bin" / "python"), "-c",
+                          "import pwtest_clibs as c; print(c.ffi_uint32_size(), c.zlib_version())"],
+                         capture_output=True, text=True, env=env)
+    assert run.stdout.startswith("4 1."), run.stderr
+
+
+def test_apt_dependencies_are_shown_on_the_project_page(built: Farm):
+    """pwtest-clibs links zlib (every Debian system has zlib1g) and libffi (to be installed)."""
+    site = built.index_url[:-len("simple/")]
+    resp = fetch(f"{site}project/pwtest-clibs/")
+    assert resp.status == 200
+    tree = parse_html(resp.body, "project page")
+    apt_lines = ["".join(pre.itertext()) for pre in tree.iter("pre")
+                 if pre.get("class") == "apt-install"]
+    assert len(apt_lines) == 1 and re.fullmatch(r"sudo apt install libffi\d+", apt_lines[0]), \
+        apt_lines
+    ffi = apt_lines[0].split()[-1]
+    notes = ["".join(p.itertext()) for p in tree.iter("p") if p.get("class") == "note"]
+    assert any(n.startswith("Also needs, on every Debian system:") and "zlib1g" in n
+               for n in notes), notes
+    # The file's row names both packages; zlib1g marked as on every Debian system.
+    cell = next(td for td in tree.iter("td") if td.get("class") == "apt")
+    spans = {"".join(s.itertext()): s.get("class") for s in cell.iter("span")}
+    assert spans["zlib1g"] == "base" and spans[ffi] is None
+
+    doc = json.loads(fetch(f"{site}project/pwtest-clibs/json/").body)
+    (group,) = doc["apt"]
+    assert group["install"] == f"sudo apt install {ffi}" and group["packages"] == [ffi]
+    assert "zlib1g" in group["base_packages"]
+    assert group["not_from_debian"] == [] and group["not_found"] == []
+    (wheel,) = doc["files"]
+    deps = wheel["apt_dependencies"]
+    assert deps["checked"] is True and deps["refused"] is None
+    assert {"library": "libz.so.1", "kind": "debian", "package": "zlib1g",
+            "base": True} in deps["libraries"]
+    assert any(lib["package"] == ffi and lib["base"] is False for lib in deps["libraries"])
+    # Pure-Python projects have no apt line.
+    pure = json.loads(fetch(f"{site}project/pwtest-pure/json/").body)
+    assert pure["apt"] == []
+    assert all(f["apt_dependencies"]["libraries"] == [] for f in pure["files"])
 
 
 def test_agents_stop_cleanly_on_sigterm_and_leave_no_build_processes(built: Farm):

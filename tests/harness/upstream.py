@@ -44,6 +44,7 @@ SEED_PROJECTS = ("setuptools", "wheel")
 # The versions published of each test project.
 VERSIONS: dict[str, list[str]] = {
     "pwtest-cext": ["1.0"],
+    "pwtest-clibs": ["1.0"],
     "pwtest-pure": [f"1.{minor}" for minor in range(8)],
     "pwtest-broken": ["1.0"],
     "pwtest-hostile": ["1.0", "2.0"],

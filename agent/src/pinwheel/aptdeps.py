@@ -348,6 +348,41 @@ def _elves(zf: zipfile.ZipFile) -> list[tuple[str, Elf]]:
     return found
 
 
+def needed_in(zf: zipfile.ZipFile) -> tuple[frozenset[str], frozenset[str]]:
+    """The library names the ELF files of an open wheel need (as recordable), and the
+    base names of its members (a needed name among them is bundled).
+
+    The master checks a builder's report against these: it needs no system to do so.
+    """
+    members = frozenset(os.path.basename(n) for n in zf.namelist())
+    needed = frozenset(n for _, elf in _elves(zf) for n in elf.needed if LIBRARY_RE.match(n))
+    return needed, members
+
+
+def report_problem(libraries: Iterable[Library], needed: frozenset[str],
+                   members: frozenset[str]) -> str | None:
+    """Why a builder's list of libraries does not fit the wheel (None: it fits)."""
+    reported = {lib.library: lib.kind for lib in libraries}
+    expected = sorted(needed)[:MAX_LIBRARIES]
+    if sorted(reported) != expected:
+        extra = sorted(set(reported) - set(expected))
+        absent = sorted(set(expected) - set(reported))
+        parts = []
+        if absent:
+            parts.append(f"the wheel needs {', '.join(absent[:10])} but the builder did not "
+                         "report it")
+        if extra:
+            parts.append(f"the builder reported {', '.join(extra[:10])}, which no ELF file "
+                         "of the wheel needs")
+        return "; ".join(parts)
+    wrong = sorted(name for name, kind in reported.items()
+                   if (kind == "bundled") != (name in members))
+    if wrong:
+        return f"{', '.join(wrong[:10])} reported as bundled but not in the wheel, or the other " \
+               "way round"
+    return None
+
+
 def wheel_libraries(wheel: Path, system: System | None = None) -> list[Library]:
     """The shared libraries the ELF files in ``wheel`` need, sorted by name."""
     system = system or System()

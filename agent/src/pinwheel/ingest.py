@@ -39,7 +39,7 @@ from typing import Any
 
 import psycopg2
 
-from . import db, fsutil, index
+from . import aptdeps, db, fsutil, index
 from .config import MasterConfig
 from .schema import ROLE_NAME_RE
 from .verify import (
@@ -236,6 +236,29 @@ def _mark_published(cur: Any, file_id: int, build: PendingBuild, wheel: Verified
          wheel.requires_python, wheel.metadata_sha256, file_id))
 
 
+def _check_libraries(cur: Any, file_id: int, build: PendingBuild, wheel: VerifiedWheel) -> None:
+    """Drop the builder's list of shared libraries if it does not fit the wheel's ELF files.
+
+    The master cannot tell which Debian package owns a library (that is the
+    builder's system), but it can read which libraries the wheel needs.
+    """
+    cur.execute("SELECT library, kind, package, base FROM file_libraries WHERE file_id = %s",
+                (file_id,))
+    reported = [aptdeps.Library(*row) for row in cur.fetchall()]
+    cur.execute("SELECT libraries_checked FROM files WHERE file_id = %s", (file_id,))
+    if not cur.fetchone()[0]:
+        return
+    problem = aptdeps.report_problem(reported, wheel.needed, wheel.members)
+    if problem is None:
+        return
+    reason = _clean(f"the master refused the builder's list of shared libraries: {problem}")
+    cur.execute("DELETE FROM file_libraries WHERE file_id = %s", (file_id,))
+    cur.execute("UPDATE files SET libraries_checked = false, libraries_refused = %s "
+                "WHERE file_id = %s", (reason, file_id))
+    log.warning("builder %s, build %s, file %s: %s", build.builder, build.build_id,
+                wheel.filename, reason)
+
+
 def _clean(reason: str) -> str:
     """A reason PostgreSQL can store (no NUL) and a log can show, of bounded length."""
     return reason.replace("\x00", "\\x00")[:MAX_REASON]
@@ -289,6 +312,7 @@ def _ingest_wheel(cur: Any, cfg: MasterConfig, build: PendingBuild,
         _quarantine_file(cur, cfg, build, file_id, filename, exc.reason, outcome, exc.keep)
         return
     _mark_published(cur, file_id, build, wheel)
+    _check_libraries(cur, file_id, build, wheel)
     outcome.published.append(filename)
     log.info("published %s (builder %s, build %s)", filename, build.builder, build.build_id)
     _after(outcome, f"remove {src_dir / filename}",

@@ -249,7 +249,7 @@ def _file_apt_cell(info: FileLibraries | None) -> str:
     if info is None or (not info.checked and not info.refused):
         return ""
     if info.refused:
-        return f'<span class="note">not recorded: {_e(info.refused)}</span>'
+        return f'<span class="note">{_e(info.refused)}</span>'
     items = []
     for lib in info.libraries:
         if lib.kind == "debian" and lib.base:

@@ -35,6 +35,8 @@ from packaging.utils import (
 )
 from packaging.version import InvalidVersion, Version
 
+from . import aptdeps
+
 WHEEL_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*\.whl$")
 LOG_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*\.log\.gz$")
 MAX_NAME_LENGTH = 255
@@ -73,6 +75,9 @@ class VerifiedWheel:
     metadata_sha256: str
     sha256: str
     size: int
+    # What its ELF files need, and its members' base names (pinwheel.aptdeps.needed_in).
+    needed: frozenset[str] = frozenset()
+    members: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -450,8 +455,10 @@ def _check_record(filename: str, zf: zipfile.ZipFile, dist_info: str) -> None:
 
 
 def _check_contents(filename: str, fh: IO[bytes], package: str, version: str,
-                    max_unpacked: int) -> tuple[bytes, str | None]:
-    """Check the archive; return METADATA's bytes and its Requires-Python."""
+                    max_unpacked: int) -> tuple[bytes, str | None, tuple[frozenset[str],
+                                                                        frozenset[str]]]:
+    """Check the archive; return METADATA's bytes, its Requires-Python, and the libraries
+    its ELF files need with its members' base names."""
     try:
         with zipfile.ZipFile(fh) as zf:
             infos = zf.infolist()
@@ -461,12 +468,13 @@ def _check_contents(filename: str, fh: IO[bytes], package: str, version: str,
             requires_python = _check_metadata(filename, metadata, package, version)
             _check_wheel_file(filename, _read_small(zf, f"{dist_info}/WHEEL", MAX_METADATA_SIZE))
             _check_record(filename, zf, dist_info)
+            libraries = aptdeps.needed_in(zf)
     except (zipfile.BadZipFile, zipfile.LargeZipFile, zlib.error, EOFError,
             NotImplementedError, RuntimeError, ValueError) as exc:
         raise Rejected(f"{filename} is not a valid zip archive: {exc}") from None
     except OSError as exc:
         raise Rejected(f"I/O error reading {filename}: {exc}") from None
-    return metadata, requires_python
+    return metadata, requires_python, libraries
 
 
 # ------------------------------------------------------------------ public
@@ -491,13 +499,14 @@ def verify_wheel(path_dir: Path, filename: str, size: int, sha256: str, package:
         tags, (py, abi, plat) = _parse_filename(filename, package, version)
         fh.seek(0)
         limit = max_unpacked if max_unpacked is not None else UNPACKED_FACTOR * max_size
-        metadata, requires_python = _check_contents(filename, fh, package, version, limit)
+        metadata, requires_python, (needed, members) = _check_contents(
+            filename, fh, package, version, limit)
     check_tags(filename, tags, builder_abi, builder_platform)
     return VerifiedWheel(
         filename=filename, package=canonicalize_name(package), version=version,
         python_tag=py, abi_tag=abi, platform_tag=plat, requires_python=requires_python,
         metadata_bytes=metadata, metadata_sha256=hashlib.sha256(metadata).hexdigest(),
-        sha256=digest, size=st.st_size,
+        sha256=digest, size=st.st_size, needed=needed, members=members,
     )
 
 
