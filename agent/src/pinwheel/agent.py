@@ -306,6 +306,11 @@ class Agent:
             shutil.copyfileobj(src, dst)
         system = aptdeps.System() if result.status == "success" else None
         files = [report_for(w, system) for w in result.wheels]
+        for f in files:
+            if f.libraries:
+                log.info("job %d: %s needs %s", job.job_id, f.filename, ", ".join(
+                    f"{lib.library} ({lib.package or lib.kind}{', base' if lib.base else ''})"
+                    for lib in f.libraries))
         log_report = report_for(log_gz)
         try:
             self._push(job, [*result.wheels, log_gz])
