@@ -169,3 +169,69 @@ def test_the_agent_reports_libraries_in_the_file_report(tmp_path: Path, zlib_so:
             "base": True} in report["libraries"]
     assert "libraries" not in report_for(wheel).as_json()  # a failed build: not looked at
 
+
+
+def synthetic_elf(bits: int, little: bool, machine: int, needed: list[str],
+                  runpath: str = "") -> bytes:
+    """A minimal ELF shared object: two program headers (a PT_LOAD mapping the whole file
+    at address 0, PT_DYNAMIC), a dynamic string table and a dynamic section."""
+    e = "<" if little else ">"
+    ehsize, phentsize = (52, 32) if bits == 32 else (64, 56)
+    strtab = b"\0"
+    offsets = []
+    for name in [*needed, runpath]:
+        offsets.append(len(strtab))
+        strtab += name.encode() + b"\0"
+    str_off = ehsize + 2 * phentsize
+    dyn_off = (str_off + len(strtab) + 7) // 8 * 8
+    entries = [(1, off) for off in offsets[:-1]]
+    if runpath:
+        entries.append((29, offsets[-1]))
+    entries += [(5, str_off), (10, len(strtab)), (0, 0)]
+    dyn_fmt = e + ("iI" if bits == 32 else "qQ")
+    dynamic = b"".join(struct.pack(dyn_fmt, tag, value) for tag, value in entries)
+    total = dyn_off + len(dynamic)
+    ident = b"\x7fELF" + bytes([1 if bits == 32 else 2, 1 if little else 2, 1]) + b"\0" * 9
+    if bits == 32:
+        header = struct.pack(e + "HHIIIIIHHHHHH", 3, machine, 1, 0, ehsize, 0, 0, ehsize,
+                             phentsize, 2, 0, 0, 0)
+        phdrs = (struct.pack(e + "IIIIIIII", 1, 0, 0, 0, total, total, 5, 4096)
+                 + struct.pack(e + "IIIIIIII", 2, dyn_off, dyn_off, dyn_off, len(dynamic),
+                               len(dynamic), 6, 4))
+    else:
+        header = struct.pack(e + "HHIQQQIHHHHHH", 3, machine, 1, 0, ehsize, 0, 0, ehsize,
+                             phentsize, 2, 0, 0, 0)
+        phdrs = (struct.pack(e + "IIQQQQQQ", 1, 5, 0, 0, 0, total, total, 4096)
+                 + struct.pack(e + "IIQQQQQQ", 2, 6, dyn_off, dyn_off, dyn_off, len(dynamic),
+                               len(dynamic), 8))
+    body = ident + header + phdrs + strtab
+    return body + b"\0" * (dyn_off - len(body)) + dynamic
+
+
+@pytest.mark.parametrize(("bits", "little", "machine"), [
+    (32, True, 40),    # armhf
+    (64, True, 183),   # arm64
+    (64, True, 62),    # amd64
+    (32, False, 8),    # big-endian MIPS: byte order is read, not assumed
+])
+def test_elf_of_every_class_and_byte_order_is_read(bits: int, little: bool, machine: int):
+    data = synthetic_elf(bits, little, machine, ["libz.so.1", "libffi.so.8"],
+                         "$ORIGIN/../demo.libs:/opt/x")
+    elf = aptdeps.read_elf(io.BytesIO(data))
+    assert elf == aptdeps.Elf(bits, little, machine, ("libz.so.1", "libffi.so.8"),
+                              ("$ORIGIN/../demo.libs", "/opt/x"))
+
+
+def test_a_wheel_needing_thousands_of_libraries_is_cut_where_the_master_cuts(tmp_path: Path):
+    names = [f"libx{i:05d}.so.1" for i in range(5000)] + ["bad name;rm.so"]
+    wheel = make_wheel(tmp_path / "many-1.0-cp311-cp311-linux_armv7l.whl",
+                       {"many/_m.so": synthetic_elf(32, True, 40, names)})
+    libs = aptdeps.wheel_libraries(wheel)
+    assert len(libs) == aptdeps.MAX_LIBRARIES
+    assert {lib.kind for lib in libs} == {"missing"}  # an armhf library is no amd64 file
+    with zipfile.ZipFile(wheel) as zf:
+        needed, members = aptdeps.needed_in(zf)
+    assert aptdeps.report_problem(libs, needed, members) is None
+    lie = [*libs[:-1], Library("libevil.so.1", "debian", "evil")]
+    assert "libevil.so.1, which no ELF file of the wheel needs" in (
+        aptdeps.report_problem(lie, needed, members) or "")

@@ -330,6 +330,7 @@ class System:
 
 def _elves(zf: zipfile.ZipFile) -> list[tuple[str, Elf]]:
     found = []
+    unreadable = 0
     for info in zf.infolist():
         if info.is_dir() or info.file_size < 52 or info.file_size > MAX_ELF_MEMBER:
             continue
@@ -340,11 +341,15 @@ def _elves(zf: zipfile.ZipFile) -> list[tuple[str, Elf]]:
                 elf = read_elf(fh)  # type: ignore[arg-type]  # ZipExtFile is seekable
         except (ElfError, struct.error, OSError, zipfile.BadZipFile, RuntimeError,
                 NotImplementedError) as exc:
-            log.warning("%s: not readable as ELF (%s); its libraries are not listed",
-                        info.filename, exc)
+            unreadable += 1
+            if unreadable <= 5:  # a hostile wheel may hold thousands
+                log.warning("%s: not readable as ELF (%s); its libraries are not listed",
+                            info.filename[:200], exc)
             continue
         if elf is not None:
             found.append((info.filename, elf))
+    if unreadable > 5:
+        log.warning("%d more members not readable as ELF", unreadable - 5)
     return found
 
 
@@ -393,12 +398,16 @@ def wheel_libraries(wheel: Path, system: System | None = None) -> list[Library]:
     for _, elf in elves:
         for soname in elf.needed:
             first.setdefault(soname, elf)
+    bad = sorted(n for n in first if not LIBRARY_RE.match(n))
+    if bad:
+        log.warning("%s: library names Pinwheel cannot record: %s", wheel.name,
+                    ", ".join(repr(n[:100]) for n in bad[:5]))
+    # The master checks the list against the same names, cut at the same length.
+    recordable = sorted(n for n in first if LIBRARY_RE.match(n))[:MAX_LIBRARIES]
     libraries: dict[str, Library] = {}
     paths: dict[str, str] = {}
-    for soname, elf in sorted(first.items()):
-        if not LIBRARY_RE.match(soname):
-            log.warning("%s: a library name Pinwheel cannot record: %r", wheel.name, soname)
-            continue
+    for soname in recordable:
+        elf = first[soname]
         if soname in members:
             libraries[soname] = Library(soname, "bundled")
             continue
@@ -414,7 +423,7 @@ def wheel_libraries(wheel: Path, system: System | None = None) -> list[Library]:
             package = owners.get(path)
             libraries[soname] = (Library(soname, "debian", package, package in base)
                                  if package else Library(soname, "unpackaged"))
-    return [libraries[k] for k in sorted(libraries)][:MAX_LIBRARIES]
+    return [libraries[k] for k in sorted(libraries)]
 
 
 def install_packages(libraries: Iterable[Library]) -> list[str]:
