@@ -242,7 +242,7 @@ def render(jobs: list[AgentJob], pip_times: list[float], parts: dict[str, list[f
         ("agent: queued → reported", [j.total for j in jobs]),
         ("agent overhead (queued → reported minus the plain pip median)",
          [j.total - pip_med for j in jobs]),
-        ("agent's own time outside pip (the two rows marked ·, below, that are not pip)",
+        ("agent's own time outside pip (queued → pip starts, plus pip's end → reported)",
          [j.to_start + j.after_build for j in jobs]),
         ("· queued → pip starts (wake-up, claim, kill switch, fresh tree)",
          [j.to_start for j in jobs]),
