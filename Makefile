@@ -2,7 +2,7 @@
 #   make test         every test: lint, test-python, test-fleet (installs what it needs first)
 #   make test-python  unit and integration tests on real services
 #   make lint         ruff, yamllint, ansible-lint (production profile)
-#   make bench        side-by-side benchmarks, written to docs/benchmarks.md
+#   make bench        the benchmarks (bench-queue, bench-agent), written to docs/benchmarks.md
 #   make farm         a complete local farm in podman (make farm-down removes it)
 #   make test-fleet   the molecule scenario: six hosts, converge, idempotence, verify
 
@@ -17,7 +17,7 @@ APT_PACKAGES := postgresql nginx-light libnginx-mod-http-perl openssh-server ope
 	build-essential libpq-dev gzip zlib1g-dev libffi-dev
 export PINWHEEL_SEED_DIR := $(abspath $(SEED))
 
-.PHONY: help deps test-deps test test-python lint bench farm farm-down clean
+.PHONY: help deps test-deps test test-python lint bench bench-queue bench-agent farm farm-down clean
 
 help:
 	@sed -n 's/^#   //p' Makefile
@@ -67,8 +67,14 @@ $(BENCH_VENV)/.installed: bench/requirements.txt agent/pyproject.toml
 	@$(BENCH_VENV)/bin/pip install -q -e ./agent -r bench/requirements.txt
 	@touch $@
 
-bench: $(CACHE)/apt.stamp $(BENCH_VENV)/.installed
+bench: bench-queue bench-agent
+
+bench-queue: $(CACHE)/apt.stamp $(BENCH_VENV)/.installed
 	$(BENCH_VENV)/bin/python bench/queue_bench.py
+
+# The agent's overhead per job runs on the test harness (real agent, sshd, PostgreSQL).
+bench-agent: test-deps
+	$(VENV)/bin/python bench/agent_overhead.py
 
 # --- the podman fleet: images, the local farm, the molecule scenario (docs/farm.md)
 include mk/fleet.mk

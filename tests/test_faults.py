@@ -8,6 +8,7 @@ printed and appended to ``.cache/reliability.jsonl`` (docs/reliability.md).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -160,6 +161,103 @@ def test_master_unreachable_during_a_push_is_retried_without_rebuilding(farm: Mi
     assert (farm.sshd.incoming_root / name / "pwtest_gated-1.4-py3-none-any.whl").exists()
     record("master's sshd stopped during a push", recovery,
            outage_seconds=round(t_up - t_down, 1))
+
+
+def interrupted_push(farm: MiniFarm, name: str, version: str) -> tuple[int, Path]:
+    """Build pwtest-pure ``version`` on ``name`` with the master away; kill -9 the agent
+    while it retries the push. Returns the job id and the job's outbox."""
+    agent = farm.agents[name]
+    farm.sshd.stop()
+    job_id = farm.queue("pwtest-pure", version)
+    wait_until(lambda: re.search(rf"job {job_id}: push to .* failed \(attempt 1\)",
+                                 agent.output()), 180, "a failed push",
+               diagnostics=farm.diagnostics)
+    box = farm.work_dir(name) / "outbox" / f"job-{job_id}"
+    assert (box / "result.json").is_file(), "the build is recorded before it is pushed"
+    agent.kill9()
+    assert farm.sql("SELECT builder FROM jobs WHERE job_id = %s", (job_id,)) == [(name,)]
+    return job_id, box
+
+
+@pytest.fixture
+def resume_agent(farm: MiniFarm) -> Iterator[str]:
+    """An agent of its own (unlimited push attempts), the only one running."""
+    name = "fault_resume"
+    if name not in farm.agents:
+        farm.add_agent(name, AgentUsers("pwtest-flt-agent5", "pwtest-flt-build5"),
+                       push_attempts=0, **FAST)
+    for other in ("fault_one", "fault_two"):
+        if farm.agents[other].proc is not None and farm.agents[other].proc.poll() is None:
+            farm.agents[other].stop()
+    farm.start(name)
+    try:
+        yield name
+    finally:
+        farm.sshd.ensure_running()
+        agent = farm.agents[name]
+        if agent.proc is not None and agent.proc.poll() is None:
+            agent.stop()
+
+
+def test_a_push_cut_by_an_agent_restart_is_resumed_without_rebuilding(farm: MiniFarm,
+                                                                        resume_agent: str):
+    name, version = resume_agent, "1.0"
+    agent = farm.agents[name]
+    job_id, box = interrupted_push(farm, name, version)
+    farm.sshd.resume()
+    t0 = time.monotonic()
+    farm.start(name)
+    farm.wait_built("pwtest-pure", version)
+    recovery = time.monotonic() - t0
+    rows = farm.builds("pwtest-pure", version)
+    assert len(rows) == 1 and rows[0][2] == "success", rows
+    assert rows[0][4] == 1, f"attempt 1: never handed back nor rebuilt: {rows}"
+    out = agent.output()
+    assert out.count(f"building pwtest-pure {version} ") == 1, out[-3000:]
+    assert f"job {job_id}: resuming the delivery of pwtest-pure {version}" in out
+    assert (farm.sshd.incoming_root / name / f"pwtest_pure-{version}-py3-none-any.whl").exists()
+    assert (farm.sshd.incoming_root / name / f"job-{job_id}.log.gz").exists()
+    assert not box.exists(), "the outbox is emptied once the job is reported"
+    record("agent killed (SIGKILL) while retrying a push, restarted with the master back",
+           recovery, attempts=rows[0][4])
+
+
+def test_a_tampered_or_stale_outbox_is_wiped_not_pushed(farm: MiniFarm, resume_agent: str):
+    name = resume_agent
+    agent = farm.agents[name]
+    # Files changed since they were recorded: wiped, the job handed back and built again.
+    job_id, box = interrupted_push(farm, name, "1.1")
+    wheel = box / "pwtest_pure-1.1-py3-none-any.whl"
+    with wheel.open("ab") as fh:
+        fh.write(b"tampered")
+    farm.sshd.resume()
+    farm.start(name)
+    farm.wait_built("pwtest-pure", "1.1")
+    out = agent.output()
+    assert re.search(rf"job {job_id}: wiping .*job-{job_id}, left by the agent's previous run: "
+                     r"pwtest_pure-1\.1-py3-none-any\.whl has \d+ bytes", out), out[-3000:]
+    assert f"job {job_id}: handed back to the queue" in out
+    rows = farm.builds("pwtest-pure", "1.1")
+    assert len(rows) == 1 and rows[0][2] == "success", rows
+    assert out.count("building pwtest-pure 1.1 ") == 2, "rebuilt once after the wipe"
+    pushed = farm.sshd.incoming_root / name / wheel.name
+    (sha,), = farm.sql("SELECT sha256 FROM files WHERE build_id = %s", (rows[0][0],))
+    assert hashlib.sha256(pushed.read_bytes()).hexdigest() == sha
+    assert b"tampered" not in pushed.read_bytes()
+
+    # The job was taken from this builder meanwhile (its lease ran out): wiped, not pushed.
+    job_id, box = interrupted_push(farm, name, "1.2")
+    farm.sql("UPDATE jobs SET state = 'queued', builder = NULL, lease_token = NULL, "
+             "lease_expires = NULL WHERE job_id = %s", (job_id,))
+    farm.sshd.resume()
+    farm.start(name)
+    farm.wait_built("pwtest-pure", "1.2")
+    out = agent.output()
+    assert re.search(rf"job {job_id}: wiping .*job-{job_id}, left by the agent's previous run: "
+                     r"the job is no longer this builder's: job \d+ is not held", out), out[-3000:]
+    assert out.count("building pwtest-pure 1.2 ") == 2
+    rows = farm.builds("pwtest-pure", "1.2")
+    assert len(rows) == 1 and rows[0][2] == "success", rows
 
 
 class NotifySocket:

@@ -34,6 +34,11 @@ class RestartableSshd(SshdMaster):
                                           stdout=log, stderr=subprocess.STDOUT)
         wait_listening(self._proc, self.port, "sshd")
 
+    def ensure_running(self) -> None:
+        """Start it again if a test stopped it (and failed before starting it)."""
+        if self._proc is None:
+            self.resume()
+
 
 @dataclass
 class MiniFarm:

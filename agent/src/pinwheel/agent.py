@@ -12,7 +12,10 @@ SIGINT asks the agent to stop after the current job, which it may spend
 back at once. Lost database connections are retried with backoff and jitter,
 and so is a push that fails: the built files stay in the outbox and the job
 is heartbeated meanwhile, for as long as its lease holds; nothing is rebuilt
-for it. When the work directory's file system is nearly full the agent claims
+for it. A finished build is recorded in the outbox (:mod:`pinwheel.outbox`)
+before it is pushed, so an agent that restarts delivers it (if the files are
+intact and the database says the job is still this builder's) instead of
+building it again. When the work directory's file system is nearly full the agent claims
 nothing (and says so) until space is freed. It tells systemd it is ready and
 alive (:mod:`pinwheel.notify`).
 """
@@ -30,11 +33,12 @@ import signal
 import socket
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 from types import FrameType
 from typing import Callable, TypeVar
 
-from . import aptdeps, db, names, push
+from . import aptdeps, db, names, outbox, push
 from .config import AgentConfig
 from .limits import free_mb
 from .notify import Notifier
@@ -201,11 +205,12 @@ class Agent:
 
     def run(self) -> None:
         self.cfg.work_dir.mkdir(parents=True, exist_ok=True)
-        # A crashed predecessor's leftovers: its build's processes, trees and outboxes.
+        # A crashed predecessor's leftovers: its build's processes and trees
+        # (its outboxes are delivered or wiped once the database is reached).
         self.sandbox.wipe_leftovers()
-        shutil.rmtree(self.cfg.work_dir / "outbox", ignore_errors=True)
         self.notifier.ready("waiting for the database")
         self.queue = self._connect()
+        self.resume_leftovers()
         while not self.stopping.is_set():
             self.notifier.kick()
             if not self._disk_allows_claims():
@@ -248,26 +253,82 @@ class Agent:
         timeout = min(self.cfg.poll_seconds, self.notifier.max_wait or self.cfg.poll_seconds)
         return queue.wait_for_work(names.target(self.abi, self.platform), timeout, wake)
 
+    @property
+    def outbox_root(self) -> Path:
+        return self.cfg.work_dir / "outbox"
+
+    def resume_leftovers(self) -> None:
+        """Deliver the builds a previous run of the agent left in the outbox, or wipe them.
+
+        A build is pushed and reported (not built again) only if its record
+        and files are intact and the database says this builder still holds
+        the job under the token recorded (a heartbeat succeeds: its lease is
+        live, or expired with nobody having taken the job since). Anything
+        else is wiped, saying why; a job still held whose files do not check
+        out is handed back to the queue at once.
+        """
+        root = self.outbox_root
+        if not root.is_dir():
+            return
+        for entry in sorted(root.iterdir(), key=lambda p: p.name):
+            if self.stopping.is_set():
+                return  # left for the next start
+            try:
+                pending = outbox.load(entry)
+            except (outbox.BadRecord, OSError) as exc:
+                self._discard_leftover(entry, str(exc))
+                continue
+            try:
+                expires = self._db(lambda q, j=pending.job: q.heartbeat(j, self.cfg.lease_seconds))
+            except db.LeaseLost as exc:
+                self._discard_leftover(entry, f"the job is no longer this builder's: {exc}",
+                                       hand_back=False)
+                continue
+            job = replace(pending.job, lease_expires=expires)
+            log.info("job %d: resuming the delivery of %s %s (%s, %d file(s)) that the "
+                     "agent's previous run built, without rebuilding it", job.job_id,
+                     job.package, job.version, pending.status, len(pending.files))
+            try:
+                self._push_and_report(replace(pending, job=job))
+            except db.PinwheelError as exc:  # e.g. the report refused: never a crash
+                log.error("job %d: the build left by the previous run could not be "
+                          "delivered: %s", job.job_id, exc)
+                self._hand_back(job)
+            finally:
+                shutil.rmtree(entry, ignore_errors=True)
+
+    def _discard_leftover(self, entry: Path, why: str, hand_back: bool = True) -> None:
+        job_id = outbox.job_id_of(entry)
+        what = f"job {job_id}" if job_id is not None else str(entry)
+        log.warning("%s: wiping %s, left by the agent's previous run: %s", what, entry, why)
+        job = outbox.job_of(entry) if hand_back else None
+        shutil.rmtree(entry, ignore_errors=True)
+        if entry.exists() or entry.is_symlink():
+            with contextlib.suppress(OSError):
+                entry.unlink()
+        if job is not None:
+            self._hand_back(job)
+
     def handle(self, job: Job) -> None:
         log.info("job %d: building %s %s for %s (attempt %d)", job.job_id, job.package,
                  job.version, job.abi, job.attempts)
-        outbox = self.cfg.work_dir / "outbox" / f"job-{job.job_id}"
-        shutil.rmtree(outbox, ignore_errors=True)
+        outbox_dir = outbox.job_dir(self.outbox_root, job.job_id)
+        shutil.rmtree(outbox_dir, ignore_errors=True)
         self.notifier.status(f"building {job.package} {job.version} (job {job.job_id})")
         try:
-            result = self.sandbox.build(job.package, job.version, job.job_id, outbox,
+            result = self.sandbox.build(job.package, job.version, job.job_id, outbox_dir,
                                         tick=lambda: self._heartbeat(job),
                                         tick_seconds=self.cfg.heartbeat_seconds,
                                         header=self._log_header(job), poll=self._poll_build)
         except BuildAborted as exc:
             log.warning("job %d: build stopped: %s", job.job_id, exc)
             self._hand_back(job)
-            shutil.rmtree(outbox, ignore_errors=True)
+            shutil.rmtree(outbox_dir, ignore_errors=True)
             return
         try:
-            self._deliver(job, result, outbox)
+            self._deliver(job, result, outbox_dir)
         finally:
-            shutil.rmtree(outbox, ignore_errors=True)
+            shutil.rmtree(outbox_dir, ignore_errors=True)
 
     def _log_header(self, job: Job) -> str:
         return (f"Pinwheel build of {job.package} {job.version} for {job.abi} "
@@ -300,8 +361,8 @@ class Agent:
         except (db.LeaseLost, db.DatabaseUnavailable) as exc:
             log.info("job %d: not handed back (%s); its lease will expire", job.job_id, exc)
 
-    def _deliver(self, job: Job, result: BuildResult, outbox: Path) -> None:
-        log_gz = outbox / f"job-{job.job_id}.log.gz"
+    def _deliver(self, job: Job, result: BuildResult, outbox_dir: Path) -> None:
+        log_gz = outbox_dir / f"job-{job.job_id}.log.gz"
         with open(result.log_path, "rb") as src, gzip.open(log_gz, "wb") as dst:
             shutil.copyfileobj(src, dst)
         system = aptdeps.System() if result.status == "success" else None
@@ -311,9 +372,19 @@ class Agent:
                 log.info("job %d: %s needs %s", job.job_id, f.filename, ", ".join(
                     f"{lib.library} ({lib.package or lib.kind}{', base' if lib.base else ''})"
                     for lib in f.libraries))
-        log_report = report_for(log_gz)
+        pending = outbox.Pending(outbox_dir, job,
+                                 self.registration.builder if self.registration else "",
+                                 result.status, result.started, result.duration,
+                                 report_for(log_gz), files)
+        # Recorded before the push: a restarted agent delivers it without a rebuild.
+        outbox.record(pending)
+        self._push_and_report(pending)
+
+    def _push_and_report(self, pending: outbox.Pending) -> None:
+        """Push a recorded build's files, then report it (only after the push succeeded)."""
+        job = pending.job
         try:
-            self._push(job, [*result.wheels, log_gz])
+            self._push(job, pending.paths)
         except BuildAborted as exc:
             log.warning("job %d: %s", job.job_id, exc)
             self._hand_back(job)
@@ -326,13 +397,14 @@ class Agent:
             log.warning("job %d: result discarded: %s", job.job_id, exc)
             return
         try:
-            build_id = self._db(lambda q: q.finish(job, result.status, result.started,
-                                                   result.duration, log_report, files))
+            build_id = self._db(lambda q: q.finish(job, pending.status, pending.started,
+                                                   pending.duration, pending.log,
+                                                   pending.files))
         except db.LeaseLost as exc:
             log.warning("job %d: result discarded: %s", job.job_id, exc)
             return
-        log.info("job %d: %s in %.1fs (build %d, %d file(s))", job.job_id, result.status,
-                 result.duration, build_id, len(files))
+        log.info("job %d: %s in %.1fs (build %d, %d file(s))", job.job_id, pending.status,
+                 pending.duration, build_id, len(pending.files))
 
     def _push(self, job: Job, files: list[Path]) -> None:
         """Push ``files``, retrying with backoff and jitter while the job's lease holds.

@@ -170,7 +170,7 @@ class Sandbox:
 
     def _pip_command(self, package: str, version: str, tree: Path) -> list[str]:
         env = [f"HOME={tree}", f"TMPDIR={tree / 'tmp'}", f"PATH={BUILD_PATH}", "LANG=C.UTF-8",
-               "PIP_CONFIG_FILE=/dev/null", "PIP_NO_INPUT=1",
+               "PIP_CONFIG_FILE=/dev/null", "PIP_NO_INPUT=1", "PIP_NO_CACHE_DIR=1",
                "PIP_DISABLE_PIP_VERSION_CHECK=1", "PYTHONDONTWRITEBYTECODE=1"]
         pip = [self.python, "-m", "pip", "wheel", f"{package}=={version}", "--no-deps",
                "--no-binary", package, "--no-cache-dir", "--progress-bar", "off",
