@@ -60,15 +60,25 @@ lint: $(VENV)/.installed
 	PATH="$(abspath $(VENV))/bin:$$PATH" $(VENV)/bin/yamllint --strict .
 	PATH="$(abspath $(VENV))/bin:$$PATH" $(VENV)/bin/ansible-lint --profile production
 
-# --- benchmarks (pgqueuer and its driver live in their own venv)
+# --- benchmarks (pgqueuer, dumb-pypi, pypiserver live in their own venv; wrk from Debian)
+# Each writes its own section of docs/benchmarks.md; they run niced (helpers share the machine).
 BENCH_VENV := $(CACHE)/bench-venv
-$(BENCH_VENV)/.installed: bench/requirements.txt agent/pyproject.toml
-	@$(PYTHON) -m venv $(BENCH_VENV)
-	@$(BENCH_VENV)/bin/pip install -q -e ./agent -r bench/requirements.txt
+BENCH_APT_PACKAGES := wrk
+$(CACHE)/bench-apt.stamp: $(CACHE)/apt.stamp
+	@if ! dpkg-query -W -f='$${Status}\n' $(BENCH_APT_PACKAGES) 2>/dev/null | grep -q 'install ok installed'; then \
+	  echo "==> installing Debian packages for the benchmarks: $(BENCH_APT_PACKAGES)"; \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $(BENCH_APT_PACKAGES); \
+	fi
 	@touch $@
 
-bench: $(CACHE)/apt.stamp $(BENCH_VENV)/.installed
-	$(BENCH_VENV)/bin/python bench/queue_bench.py
+$(BENCH_VENV)/.installed: bench/requirements.txt agent/pyproject.toml | $(CACHE)/bench-apt.stamp
+	@$(PYTHON) -m venv $(BENCH_VENV)
+	@$(BENCH_VENV)/bin/pip install -q -e './agent[master]' -r bench/requirements.txt
+	@touch $@
+
+bench: $(CACHE)/apt.stamp $(CACHE)/bench-apt.stamp $(BENCH_VENV)/.installed
+	nice -n 10 $(BENCH_VENV)/bin/python bench/queue_bench.py
+	nice -n 10 $(BENCH_VENV)/bin/python bench/index_bench.py
 
 # --- the podman fleet: images, the local farm, the molecule scenario (docs/farm.md)
 include mk/fleet.mk
