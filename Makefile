@@ -14,10 +14,10 @@ CACHE := .cache
 SEED := $(CACHE)/upstream-seed
 APT_PACKAGES := postgresql nginx-light libnginx-mod-http-perl openssh-server openssh-client rsync sudo procps \
 	python3 python3-venv python3-pip python3-dev python3-psycopg2 python3-setuptools \
-	build-essential libpq-dev gzip zlib1g-dev libffi-dev
+	build-essential libpq-dev gzip zlib1g-dev libffi-dev chromium
 export PINWHEEL_SEED_DIR := $(abspath $(SEED))
 
-.PHONY: help deps test-deps test test-python lint bench bench-queue bench-agent farm farm-down clean
+.PHONY: help deps test-deps test test-python lint bench bench-queue bench-index bench-agent farm farm-down clean
 
 help:
 	@sed -n 's/^#   //p' Makefile
@@ -60,17 +60,29 @@ lint: $(VENV)/.installed
 	PATH="$(abspath $(VENV))/bin:$$PATH" $(VENV)/bin/yamllint --strict .
 	PATH="$(abspath $(VENV))/bin:$$PATH" $(VENV)/bin/ansible-lint --profile production
 
-# --- benchmarks (pgqueuer and its driver live in their own venv)
+# --- benchmarks (pgqueuer, dumb-pypi, pypiserver live in their own venv; wrk from Debian)
+# Each writes its own section of docs/benchmarks.md; they run niced (helpers share the machine).
 BENCH_VENV := $(CACHE)/bench-venv
-$(BENCH_VENV)/.installed: bench/requirements.txt agent/pyproject.toml
-	@$(PYTHON) -m venv $(BENCH_VENV)
-	@$(BENCH_VENV)/bin/pip install -q -e ./agent -r bench/requirements.txt
+BENCH_APT_PACKAGES := wrk
+$(CACHE)/bench-apt.stamp: $(CACHE)/apt.stamp
+	@if ! dpkg-query -W -f='$${Status}\n' $(BENCH_APT_PACKAGES) 2>/dev/null | grep -q 'install ok installed'; then \
+	  echo "==> installing Debian packages for the benchmarks: $(BENCH_APT_PACKAGES)"; \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $(BENCH_APT_PACKAGES); \
+	fi
 	@touch $@
 
-bench: bench-queue bench-agent
+$(BENCH_VENV)/.installed: bench/requirements.txt agent/pyproject.toml | $(CACHE)/bench-apt.stamp
+	@$(PYTHON) -m venv $(BENCH_VENV)
+	@$(BENCH_VENV)/bin/pip install -q -e './agent[master]' -r bench/requirements.txt
+	@touch $@
+
+bench: bench-queue bench-index bench-agent
 
 bench-queue: $(CACHE)/apt.stamp $(BENCH_VENV)/.installed
-	$(BENCH_VENV)/bin/python bench/queue_bench.py
+	nice -n 10 $(BENCH_VENV)/bin/python bench/queue_bench.py
+
+bench-index: $(CACHE)/apt.stamp $(CACHE)/bench-apt.stamp $(BENCH_VENV)/.installed
+	nice -n 10 $(BENCH_VENV)/bin/python bench/index_bench.py
 
 # The agent's overhead per job runs on the test harness (real agent, sshd, PostgreSQL).
 bench-agent: test-deps

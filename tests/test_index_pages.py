@@ -252,6 +252,7 @@ def test_project_page_shows_the_grid_files_install_line_and_links_to_logs(served
     assert f"../../logs/{cat.failed_build}.log" in log_links
     log = fetch(url(served, f"/logs/{cat.failed_build}.log"))
     assert log.status == 200 and log.header("Content-Type") == "text/plain; charset=utf-8"
+    assert log.header("X-Content-Type-Options") == "nosniff"
     assert b"fails on purpose" in log.body
     assert fetch(url(served, f"/logs/{cat.failed_build}.log.gz")).header("Content-Type") == \
         "application/gzip"
@@ -380,8 +381,80 @@ def test_ingesting_a_build_rewrites_only_that_projects_pages_and_the_root_if_new
         assert {"name": "pwidx-new"} in root["projects"], "a new project rewrites the root"
         assert (www / "simple" / "index.html").read_bytes() != root_before
     finally:
-        cat.admin("UPDATE files SET state = 'quarantined', reason = 'test over' "
-                  "WHERE package = 'pwidx-new'")
-        for parent in ("simple", "project"):
-            subprocess.run(["rm", "-rf", str(www / parent / "pwidx-new")], check=True)
-        index.write_root(cat.master, cat.cfg.www_root)
+        unpublish(cat, "pwidx-new")
+
+
+def unpublish(cat: Catalogue, package: str) -> None:
+    """What an operator's removal amounts to: no published file left, then the pages."""
+    cat.admin("UPDATE files SET state = 'quarantined', reason = 'removed by the operator' "
+              "WHERE package = %s AND state = 'published'", (package,))
+    assert index.write_project(cat.master, cat.cfg.www_root, package, cat.options(True)) is False
+    index.write_root(cat.master, cat.cfg.www_root)
+
+
+# ------------------------------------------------------------------ pruning
+
+
+def test_a_project_no_longer_published_leaves_the_served_tree(served):
+    cat, server = served
+    www = server.www_root
+    cat.release("pwidx-gone", "PwIdx.Gone", "1.0")
+    cat.build("ix_x86", "pwidx-gone", "1.0", "py3-none-any")
+    assert ingest.process_pending(cat.master, cat.cfg) == 1
+    wheel = "/packages/pwidx-gone/pwidx_gone-1.0-py3-none-any.whl"
+    served_paths = ["/simple/pwidx-gone/", "/project/pwidx-gone/", "/project/pwidx-gone/json/",
+                    wheel, f"{wheel}.metadata"]
+    assert [fetch(url(served, p)).status for p in served_paths] == [200] * 5
+    unpublish(cat, "pwidx-gone")
+    assert [fetch(url(served, p)).status for p in served_paths] == [404] * 5
+    for sub in index.PROJECT_DIRS:
+        assert not (www / sub / "pwidx-gone").exists(), sub
+        assert not [n for n in os.listdir(www / sub) if "pwidx-gone" in n], "no leftovers"
+    root = json.loads(fetch(url(served, "/simple/"), JSON).body)
+    assert {"name": "pwidx-gone"} not in root["projects"]
+    # The other projects are untouched.
+    assert fetch(url(served, f"/simple/{DEMO}/")).status == 200
+
+
+def test_rebuild_removes_directories_of_names_that_are_not_published(served):
+    cat, server = served
+    www = server.www_root
+    for sub in index.PROJECT_DIRS:  # left by an older writer, or by a hand-made copy
+        (www / sub / "pwidx-stray").mkdir()
+        (www / sub / "pwidx-stray" / "index.html").write_text("stale")
+    (www / "simple" / "not-a-Project").mkdir()  # not a normalised name: never served, left
+    try:
+        assert fetch(url(served, "/simple/pwidx-stray/")).status == 200
+        cat.rebuild(armv6l_alias=True)
+        for sub in index.PROJECT_DIRS:
+            assert not (www / sub / "pwidx-stray").exists(), sub
+        assert fetch(url(served, "/simple/pwidx-stray/")).status == 404
+        assert fetch(url(served, f"/simple/{ARM}/")).status == 200
+    finally:
+        (www / "simple" / "not-a-Project").rmdir()
+
+
+def test_unpublished_wheels_of_a_published_project_are_deleted(served):
+    cat, server = served
+    directory = server.www_root / "packages" / ARM
+    stale = "pwidx_arm-0.9-cp311-cp311-linux_x86_64.whl"
+    for name in (stale, f"{stale}.metadata"):
+        (directory / name).write_bytes(b"not published")
+    (directory / "README").write_text("not a wheel: left alone")
+    armv6l = "pwidx_arm-1.0-cp311-cp311-linux_armv6l.whl"
+    try:
+        assert fetch(url(served, f"/packages/{ARM}/{stale}")).status == 200
+        # The armv6l setting turned off: the aliases go with the stale files.
+        cat.rebuild(armv6l_alias=False)
+        names = sorted(os.listdir(directory))
+        assert names == ["README",
+                         "pwidx_arm-1.0-cp311-cp311-linux_armv7l.whl",
+                         "pwidx_arm-1.0-cp311-cp311-linux_armv7l.whl.metadata",
+                         "pwidx_arm-1.0-cp311-cp311-linux_x86_64.whl",
+                         "pwidx_arm-1.0-cp311-cp311-linux_x86_64.whl.metadata"], names
+        assert fetch(url(served, f"/packages/{ARM}/{stale}")).status == 404
+        assert fetch(url(served, f"/packages/{ARM}/{armv6l}")).status == 404
+    finally:
+        (directory / "README").unlink()
+        cat.rebuild(armv6l_alias=True)
+    assert fetch(url(served, f"/packages/{ARM}/{armv6l}")).status == 200

@@ -20,6 +20,13 @@ Layout under ``www_root``::
 Every file is written to a temporary name and renamed into place; a new
 project directory is assembled complete (every variant) under a temporary
 name and renamed in, so nginx never finds it half-written or empty.
+
+Nothing unpublished lingers: a project left with no published file loses its
+three directories (renamed out of the served tree, then deleted), and a wheel
+(or ``.metadata``, or armv6l alias) in ``packages/<package>/`` that the
+database no longer publishes is deleted when the project's pages are written.
+``rebuild`` also removes the directories of every name that is not a
+published project.
 """
 
 from __future__ import annotations
@@ -67,9 +74,14 @@ JSON_FILE = "index.json"
 INDEX_FORMAT = "2"
 FORMAT_STAMP = ".pinwheel-index-format"  # in www_root, written last by rebuild()
 
-__all__ = ["FORMAT_STAMP", "INDEX_FILE", "INDEX_FORMAT", "JSON_FILE", "PROJECT_LOCK", "ROOT_LOCK",
-           "IndexFile", "IndexOptions", "check_package", "is_current", "rebuild", "render_project",
-           "render_root", "write_project", "write_root"]
+PROJECT_DIRS = ("simple", "project", "packages")  # under www_root, one <package>/ in each
+# What the writer and ingest put in packages/<package>/ (anything else there is left alone).
+_PACKAGE_FILE_RE = re.compile(r"^[^.].*\.whl(\.metadata)?$")
+
+__all__ = ["FORMAT_STAMP", "INDEX_FILE", "INDEX_FORMAT", "JSON_FILE", "PROJECT_DIRS",
+           "PROJECT_LOCK", "ROOT_LOCK", "IndexFile", "IndexOptions", "check_package",
+           "is_current", "prune", "rebuild", "remove_project", "render_project", "render_root",
+           "write_project", "write_root"]
 
 
 @dataclass(frozen=True)
@@ -166,6 +178,46 @@ def _armv6l_files(www_root: Path, package: str, files: list[IndexFile]) -> list[
     return with_armv6l_aliases(files)
 
 
+def _remove_dir(parent: Path, name: str) -> bool:
+    """Take ``parent/name`` out of the served tree in one rename, then delete it."""
+    try:
+        gone = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".gone", dir=parent))
+    except FileNotFoundError:
+        return False
+    try:
+        os.rename(parent / name, gone / name)
+    except FileNotFoundError:
+        return False
+    finally:
+        fsutil.fsync_dir(parent)
+        shutil.rmtree(gone, ignore_errors=True)
+    return True
+
+
+def _remove_project_dirs(www_root: Path, package: str) -> bool:
+    removed = False
+    for sub in PROJECT_DIRS:
+        removed = _remove_dir(www_root / sub, package) or removed
+    if removed:
+        log.info("removed %s from the index: it has no published file", package)
+    return removed
+
+
+def _prune_package_files(www_root: Path, package: str, files: list[IndexFile]) -> None:
+    """Delete the wheels and .metadata files in packages/<package>/ that are not listed."""
+    keep = {f.filename for f in files} | {f"{f.filename}.metadata" for f in files}
+    directory = www_root / "packages" / package
+    try:
+        names = os.listdir(directory)
+    except FileNotFoundError:
+        return
+    for name in names:
+        if name not in keep and _PACKAGE_FILE_RE.match(name):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(directory / name)
+            log.info("removed %s/%s: not published", directory, name)
+
+
 def _newest_metadata(www_root: Path, data: index_db.ProjectData) -> bytes | None:
     newest = project_page.newest_file(data)
     if newest is None:
@@ -208,18 +260,25 @@ def published_packages(conn: Any) -> list[str]:
 
 
 def write_project(conn: Any, www_root: Path, package: str,
-                  options: IndexOptions = DEFAULT_OPTIONS) -> None:
+                  options: IndexOptions = DEFAULT_OPTIONS) -> bool:
     """(Re)write the pages of ``package``: ``simple/<package>/`` and ``project/<package>/``.
 
     Run it after the transaction that changed the project's files committed.
+    Returns True when the project is on the index; False when it has no
+    published file, and then its directories are removed (rewrite the root
+    page after that, with ``write_root``).
     """
     check_package(package)
     www_root = Path(www_root)
     with _locked(conn, PROJECT_LOCK, package):
         data = index_db.load_project(conn, package)
         files = data.index_files
+        if not files:
+            _remove_project_dirs(www_root, package)
+            return False
         if options.armv6l_alias:
             files = _armv6l_files(www_root, package, files)
+        _prune_package_files(www_root, package, files)
         write_dir(www_root / "simple", package, {
             JSON_FILE: render_project_json(package, files, data.status).encode("utf-8"),
             INDEX_FILE: render_project(package, files, data.status).encode("utf-8"),
@@ -231,6 +290,33 @@ def write_project(conn: Any, www_root: Path, package: str,
             INDEX_FILE: project_page.render_html(
                 data, metadata, options.index_url).encode("utf-8"),
         })
+    return True
+
+
+def remove_project(conn: Any, www_root: Path, package: str) -> bool:
+    """Remove the directories of ``package`` if it has no published file; True if removed."""
+    check_package(package)
+    with _locked(conn, PROJECT_LOCK, package):
+        if index_db.project_files(conn, package):
+            return False
+        return _remove_project_dirs(Path(www_root), package)
+
+
+def prune(conn: Any, www_root: Path, published: set[str] | None = None) -> list[str]:
+    """Remove the directories of every name under www_root that is not a published project.
+
+    Returns the names removed. Each is checked again under its project's lock,
+    so a project published meanwhile is left alone.
+    """
+    www_root = Path(www_root)
+    if published is None:
+        published = set(published_packages(conn))
+    stale: set[str] = set()
+    for sub in PROJECT_DIRS:
+        with contextlib.suppress(FileNotFoundError):
+            stale.update(n for n in os.listdir(www_root / sub)
+                         if n not in published and PACKAGE_RE.match(n))
+    return [n for n in sorted(stale) if remove_project(conn, www_root, n)]
 
 
 def _gzip(data: bytes) -> bytes:
@@ -265,16 +351,19 @@ def write_root(conn: Any, www_root: Path, force: bool = False) -> bool:
 
 def rebuild(conn: Any, www_root: Path, options: IndexOptions = DEFAULT_OPTIONS,
             progress: Callable[[int, int, str], None] | None = None) -> int:
-    """Write every project's pages and the root page; return the number of projects.
+    """Write every project's pages and the root page, then remove what is no longer
+    published (``prune``); return the number of projects.
 
     ``progress(done, total, package)`` is called after each project.
     """
+    www_root = Path(www_root)
     packages = published_packages(conn)
     for n, package in enumerate(packages, 1):
         write_project(conn, www_root, package, options)
         if progress:
             progress(n, len(packages), package)
     write_root(conn, www_root, force=True)
+    prune(conn, www_root, set(packages))
     fsutil.atomic_write_bytes(www_root / FORMAT_STAMP, f"{INDEX_FORMAT}\n".encode())
     return len(packages)
 
