@@ -95,6 +95,26 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_watch(args: argparse.Namespace) -> int:
+    from . import watch
+    cfg = MasterConfig.load(args.config)
+    if args.once:
+        result = watch.poll_once(cfg)
+        print(f"{cfg.watch.mode} mode, {cfg.upstream_url}: {result.due} project(s) due, "
+              f"{result.fetched} fetched, {result.unchanged} unchanged, {result.changed} "
+              f"changed, {result.removed} removed upstream; {result.events} event(s), "
+              f"{result.jobs} job(s) queued, {result.cancelled} cancelled")
+        for error in result.errors:
+            print(f"pinwheel: error: {error}", file=sys.stderr)
+        if result.errors:
+            print(f"pinwheel: error: {len(result.errors)} project(s) could not be read; they "
+                  "are retried at the next poll (see watch_projects.last_error)", file=sys.stderr)
+            return 1
+        return 0
+    watch.serve(cfg)
+    return 0
+
+
 # ----------------------------------------------------------------- index
 
 def _progress_bar(stream: Any) -> Any:
@@ -246,6 +266,12 @@ def parser() -> argparse.ArgumentParser:
     ing.add_argument("--config", default=MASTER_CONF, help=f"default {MASTER_CONF}")
     ing.add_argument("--once", action="store_true", help="process what is pending, then exit")
     ing.set_defaults(func=cmd_ingest)
+
+    wa = sub.add_parser("watch", help="follow the upstream index: new releases, yanks and "
+                                      "deletions become work (master service)")
+    wa.add_argument("--config", default=MASTER_CONF, help=f"default {MASTER_CONF}")
+    wa.add_argument("--once", action="store_true", help="poll once, then exit (1 on errors)")
+    wa.set_defaults(func=cmd_watch)
 
     idx = sub.add_parser("index", help="the static index nginx serves (master)")
     idxsub = idx.add_subparsers(dest="index_command", required=True, metavar="ACTION")

@@ -75,14 +75,18 @@ def add(conn: Any, index_url: str, name: str, version: str | None = None,
                     "ON CONFLICT (package) DO UPDATE SET display_name = EXCLUDED.display_name",
                     (package, proj.name))
         for ver, files in sorted(releases.items()):
-            result.releases.append(_record_release(cur, package, ver, files,
+            result.releases.append(record_release(cur, package, ver, files,
                                                    explicit=version is not None,
                                                    priority=priority))
     return result
 
 
-def _record_release(cur: Any, package: str, version: str, files: list[upstream.UpstreamFile],
-                    explicit: bool, priority: int) -> ReleasePlan:
+def record_release(cur: Any, package: str, version: str, files: list[upstream.UpstreamFile],
+                   explicit: bool, priority: int) -> ReleasePlan:
+    """Record one release in ``versions`` and queue its jobs (in the caller's transaction).
+
+    Used by ``pinwheel add`` and by ``pinwheel watch``.
+    """
     sdists = [f for f in files if f.is_sdist]
     yanked_files = [f for f in files if f.yanked]
     yanked = bool(files) and len(yanked_files) == len(files)
