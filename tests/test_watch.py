@@ -134,6 +134,19 @@ def test_an_index_without_serials_is_polled_with_conditional_requests(pg, databa
         plain.destroy()
 
 
+def test_history_latest_queues_only_the_newest_release_of_a_new_project(
+        pg, database, up, farm):
+    for version in ("1.0", "1.1", "2.0rc1"):
+        up.add_release("pw-hist", version)
+    cfg = master_config(farm.dsn, up.url, farm.www_root.parent, history="latest")
+    assert watch.poll_once(cfg).jobs == 2
+    assert {v for v, _ in jobs(pg, database, "pw-hist")} == {"1.1"}
+    assert q(pg, database, "SELECT count(*) FROM versions WHERE package = 'pw-hist'") == [(3,)]
+    up.add_release("pw-hist", "1.2")  # later releases are all queued
+    watch.poll_once(cfg)
+    assert {v for v, _ in jobs(pg, database, "pw-hist")} == {"1.1", "1.2"}
+
+
 # ------------------------------------------------------------ spellings
 
 

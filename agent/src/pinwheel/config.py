@@ -147,6 +147,7 @@ def _bool(parser: configparser.ConfigParser, section: str, key: str, path: str |
 
 WATCH_MODES = ("mirror", "allowlist")
 REMOVAL_POLICIES = ("keep", "remove")
+HISTORIES = ("all", "latest")
 _REQUIREMENT_NAME_RE = re.compile(r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)")
 
 
@@ -177,6 +178,9 @@ class WatchConfig:
     # A release or project deleted upstream: keep its wheels (marked removed upstream) or
     # remove them from the index.
     on_removal: str = "keep"
+    # A project seen for the first time: queue every release (all), or only its newest
+    # final release with an sdist (latest; the others are recorded, `pinwheel add` builds them).
+    history: str = "all"
     max_backoff_seconds: int = 900    # the longest wait after errors or rate limits
     priority: int = 0                 # priority of the jobs the watcher queues
     timeout: int = 60                 # seconds per HTTP request
@@ -193,12 +197,15 @@ class WatchConfig:
         if removal not in REMOVAL_POLICIES:
             raise ConfigError(f"{path}: [watch] on_removal must be keep or remove, "
                               f"not {removal!r}")
+        history = p.get(s, "history", fallback="all").strip()
+        if history not in HISTORIES:
+            raise ConfigError(f"{path}: [watch] history must be all or latest, not {history!r}")
         poll = _count(p, s, "poll_seconds", path, 60)
         if poll < 1:
             raise ConfigError(f"{path}: [watch] poll_seconds must be at least 1")
         return cls(mode=mode, projects=p.get(s, "projects", fallback="").split(),
                    projects_file=p.get(s, "projects_file", fallback="").strip(),
-                   poll_seconds=poll, on_removal=removal,
+                   poll_seconds=poll, on_removal=removal, history=history,
                    max_backoff_seconds=max(1, _count(p, s, "max_backoff_seconds", path, 900)),
                    priority=_int(p, s, "priority", path, 0),
                    timeout=max(1, _count(p, s, "timeout", path, 60)))

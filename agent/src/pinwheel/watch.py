@@ -37,6 +37,7 @@ from typing import Any, Callable
 
 import psycopg2
 import psycopg2.extras
+from packaging.version import InvalidVersion, Version
 
 from . import db, index, names, planner, upstream
 from .config import MasterConfig
@@ -344,10 +345,14 @@ class Watcher:
                     "FROM versions WHERE package = %s", (package,))
         old = {r[0]: r[1:] for r in cur.fetchall()}
         releases = planner.releases_of(proj)
+        only = None
+        if known is None and self.wcfg.history == "latest":
+            only = newest_release(releases)
         for version, files in sorted(releases.items()):
             prev = old.get(version)
             if prev is None:
-                plan = self._plan(cur, package, version, files, change)
+                plan = self._plan(cur, package, version, files, change,
+                                  queue=only is None or version == only)
                 if plan.has_sdist:
                     change.add(version, "new-release", f"{plan.jobs} job(s) queued"
                                + (f"; {plan.note}" if plan.note else ""))
@@ -380,9 +385,10 @@ class Watcher:
         return change
 
     def _plan(self, cur: Any, package: str, version: str,
-              files: list[upstream.UpstreamFile], change: _Change) -> planner.ReleasePlan:
+              files: list[upstream.UpstreamFile], change: _Change,
+              queue: bool = True) -> planner.ReleasePlan:
         plan = planner.record_release(cur, package, version, files, explicit=False,
-                                      priority=self.wcfg.priority)
+                                      priority=self.wcfg.priority, plan=queue)
         change.jobs += plan.jobs
         return plan
 
@@ -486,6 +492,23 @@ class Watcher:
             return
         if published or (www / "simple" / package).is_dir():
             index.write_project(self.conn, www, package, index_options(self.cfg))
+
+
+def newest_release(releases: dict[str, list[upstream.UpstreamFile]]) -> str | None:
+    """The newest final, unyanked release with an sdist (PEP 440 order), or None."""
+    best: tuple[Version, str] | None = None
+    for version, files in releases.items():
+        if not any(f.is_sdist for f in files) or all(f.yanked for f in files):
+            continue
+        try:
+            parsed = Version(version)
+        except InvalidVersion:
+            continue
+        if parsed.is_prerelease or parsed.is_devrelease:
+            continue
+        if best is None or parsed > best[0]:
+            best = (parsed, version)
+    return best[1] if best else None
 
 
 def _yank_reason(files: list[upstream.UpstreamFile]) -> str:
