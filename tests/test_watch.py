@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 from index_catalogue import DEMO, DEMO_DISPLAY, YANK_REASON, close_catalogue, make_catalogue
 
+from harness.templates import render_role_template, write_role_template
 from harness.upstream import UpstreamIndex
 from pinwheel import upstream, watch
 from pinwheel.config import ConfigError, MasterConfig, WatchConfig, allowlist_names
@@ -397,3 +398,39 @@ def test_allowlist_files_take_names_from_requirements_lines(tmp_path):
     assert cfg.watch.allowlist() == ["a", "b", "c"] and cfg.watch.on_removal == "remove"
 
 
+
+
+def test_the_master_roles_templates_configure_the_watcher(tmp_path):
+    conf = write_role_template(
+        tmp_path / "master.conf", "master", "master.conf.j2",
+        master_database_host="db", master_database_port=5432, master_database_name="pinwheel",
+        master_database_user="m", master_database_password="pw", master_database_sslmode="require",
+        master_www_root="/var/www/pinwheel", master_incoming_root="/srv/in",
+        master_quarantine_root="/srv/q", master_upstream_url="https://pypi.org/simple/",
+        master_ca_bundle="", master_max_wheel_size=1, master_max_log_size=1,
+        master_public_index_url="", master_armv6l_alias=False,
+        master_watch_mode="allowlist", master_watch_projects=["markupsafe", "Simple_JSON"],
+        master_watch_projects_file="", master_watch_poll_seconds=30,
+        master_watch_on_removal="remove", master_watch_history="latest",
+        master_watch_max_backoff_seconds=600, master_watch_priority=5)
+    w = MasterConfig.load(conf).watch
+    assert (w.mode, w.allowlist(), w.poll_seconds, w.on_removal, w.history,
+            w.max_backoff_seconds, w.priority) == \
+        ("allowlist", ["markupsafe", "Simple_JSON"], 30, "remove", "latest", 600, 5)
+    # The watcher's unit is sandboxed like the ingest's, but writes only the www root.
+    units = {}
+    for unit in ("pinwheel-ingest.service", "pinwheel-watch.service"):
+        text = render_role_template(
+            "master", f"{unit}.j2", master_user="pinwheel", pinwheel_group="pinwheel",
+            master_pinwheel_command="/opt/pinwheel/bin/pinwheel",
+            __master_conf_file="/etc/pinwheel/master.conf", master_www_root="/var/www/pinwheel",
+            master_incoming_root="/srv/in", master_quarantine_root="/srv/q",
+            master_upstream_url="https://pypi.org/simple/", master_watch_mode="allowlist")
+        units[unit] = text
+    sandbox = [{line for line in text.splitlines()
+                if "=" in line and not line.startswith(("#", "ExecStart", "Description",
+                                                        "ReadWritePaths"))}
+               for text in units.values()]
+    assert sandbox[0] == sandbox[1]
+    assert "ReadWritePaths=/var/www/pinwheel\n" in units["pinwheel-watch.service"]
+    assert "watch --config /etc/pinwheel/master.conf" in units["pinwheel-watch.service"]
