@@ -188,6 +188,32 @@ def cmd_pause(args: argparse.Namespace, paused: bool) -> int:
     return 0
 
 
+def cmd_skip(args: argparse.Namespace, skipping: bool) -> int:
+    from . import skips
+    verb = "skip" if skipping else "unskip"
+    if bool(args.name) == bool(args.target) or (args.target and args.version):
+        print(f"usage: pinwheel {verb} NAME [VERSION] | --target ABI-PLATFORM "
+              "(see `pinwheel status` for the targets)", file=sys.stderr)
+        return 2
+    cfg = MasterConfig.load(args.config)
+    conn = db.connect(cfg.dsn, application_name=f"pinwheel-{verb}")
+    if skipping:
+        result = skips.skip(conn, args.reason, args.name, args.version, args.target)
+        if result.changed:
+            print(f"skipped {result.what} ({' '.join(args.reason.split())}): "
+                  f"{result.cancelled} queued job(s) cancelled")
+        else:
+            print(f"{result.what} was already skipped for that reason; "
+                  f"{result.cancelled} queued job(s) cancelled")
+        print("Nothing is queued for it until `pinwheel unskip`; a build already running "
+              "finishes.")
+    else:
+        result = skips.unskip(conn, args.name, args.version, args.target)
+        state = "unskipped" if result.changed else "was not skipped"
+        print(f"{result.what} {state}: {result.queued} job(s) queued")
+    return 0
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     cfg = MasterConfig.load(args.config)
     conn = db.connect(cfg.dsn, application_name="pinwheel-status")
@@ -296,6 +322,21 @@ def parser() -> argparse.ArgumentParser:
         pz.add_argument("--all", action="store_true", help="every builder")
         pz.add_argument("--config", default=MASTER_CONF, help=f"default {MASTER_CONF}")
         pz.set_defaults(func=lambda args, p=paused: cmd_pause(args, p))
+
+    for verb, skipping, what in (
+            ("skip", True, "stop building a project, a release or a target (with a reason); "
+                           "cancels its queued jobs"),
+            ("unskip", False, "build a skipped project, release or target again")):
+        sk = sub.add_parser(verb, help=what)
+        sk.add_argument("name", nargs="?", help="project name, any spelling")
+        sk.add_argument("version", nargs="?", help="only this release")
+        sk.add_argument("--target", metavar="ABI-PLATFORM",
+                        help="a build target instead, e.g. cp311-linux_armv7l")
+        if skipping:
+            sk.add_argument("--reason", required=True,
+                            help="why (shown on the project page and in `pinwheel status`)")
+        sk.add_argument("--config", default=MASTER_CONF, help=f"default {MASTER_CONF}")
+        sk.set_defaults(func=lambda args, s=skipping: cmd_skip(args, s))
 
     st = sub.add_parser("status", help="the queue, the builders and recent builds")
     st.add_argument("--config", default=MASTER_CONF, help=f"default {MASTER_CONF}")
