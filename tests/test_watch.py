@@ -267,6 +267,22 @@ def test_with_on_removal_remove_a_deleted_release_leaves_the_index(up, catalogue
     assert DEMO not in (cfg.www_root / "simple" / "index.html").read_text()
 
 
+def test_a_page_the_catalogue_refuses_is_recorded_and_the_others_go_on(
+        pg, database, up, farm, tmp_path):
+    up.add_release("pw-hostile", "1." + "0" * 210)   # versions are at most 200 characters
+    up.add_release("pw-fine", "1.0")
+    result = watch.poll_once(farm)
+    assert len(result.errors) == 1 and "cannot record this page" in result.errors[0]
+    assert result.jobs == 2
+    error = q(pg, database, "SELECT last_error FROM watch_projects WHERE package = 'pw-hostile'")
+    assert "cannot record this page" in error[0][0]
+    assert q(pg, database, "SELECT count(*) FROM versions WHERE package = 'pw-hostile'") == [(0,)]
+    # The command says so and exits 1; the project is retried at every poll.
+    proc = run_watch(write_config(farm, tmp_path / "master.conf"), "--once")
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 1 and "1 project(s) could not be read" in err
+
+
 # ------------------------------------------------- restart, rate limits
 
 

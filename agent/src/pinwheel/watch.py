@@ -260,7 +260,16 @@ class Watcher:
             self._error(package, f"{url}: the page is about {proj.name!r}, not {package}",
                         result)
             return
-        change = self._apply(package, proj, page)
+        try:
+            change = self._apply(package, proj, page)
+        except (psycopg2.OperationalError, psycopg2.InterfaceError):
+            raise
+        except psycopg2.Error as exc:
+            # Something on the page the catalogue refuses (a 300-character version ...):
+            # the project is recorded as failing and retried; the others go on.
+            detail = (exc.diag.message_primary or str(exc)).strip()
+            self._error(package, f"{url}: cannot record this page: {detail}", result)
+            return
         if change is None:
             result.unchanged += 1
             return
