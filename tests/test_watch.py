@@ -8,10 +8,12 @@ catalogue is a real PostgreSQL database; the pages are the real index writer's.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -22,7 +24,7 @@ from index_catalogue import DEMO, DEMO_DISPLAY, YANK_REASON, close_catalogue, ma
 
 from harness.templates import render_role_template, write_role_template
 from harness.upstream import UpstreamIndex
-from pinwheel import upstream, watch
+from pinwheel import db, upstream, watch
 from pinwheel.config import ConfigError, MasterConfig, WatchConfig, allowlist_names
 from pinwheel.schema import MASTER_GROUP
 
@@ -450,3 +452,31 @@ def test_the_master_roles_templates_configure_the_watcher(tmp_path):
     assert sandbox[0] == sandbox[1]
     assert "ReadWritePaths=/var/www/pinwheel\n" in units["pinwheel-watch.service"]
     assert "watch --config /etc/pinwheel/master.conf" in units["pinwheel-watch.service"]
+
+
+def test_a_second_watcher_waits_for_the_lock_then_takes_over(pg, database, up, farm, caplog):
+    up.add_release("pw-standby", "1.0")
+    holder = db.connect(farm.dsn)
+    db.call(holder, "SELECT pg_advisory_lock(%s, 0)", (watch.WATCH_LOCK,))
+    stop = threading.Event()
+    farm.watch.poll_seconds = 1
+    caplog.set_level(logging.INFO, logger="pinwheel.watch")
+    thread = threading.Thread(target=watch.serve, args=(farm, stop))
+    thread.start()
+    try:
+        deadline = time.monotonic() + 60
+        # It tries again after each pause, and never polls without the lock.
+        while time.monotonic() < deadline and caplog.text.count("another `pinwheel watch`") < 2:
+            time.sleep(0.1)
+        assert caplog.text.count("another `pinwheel watch` is running") >= 2
+        assert up.page_requests == [], "no poll while another watcher holds the lock"
+        holder.close()  # the first watcher goes away
+        while time.monotonic() < deadline and not jobs(pg, database, "pw-standby"):
+            time.sleep(0.2)
+        assert len(jobs(pg, database, "pw-standby")) == 2
+    finally:
+        stop.set()
+        thread.join(60)
+        if not holder.closed:
+            holder.close()
+    assert not thread.is_alive()

@@ -40,7 +40,7 @@ import psycopg2.extras
 from packaging.version import InvalidVersion, Version
 
 from . import db, index, names, planner, upstream
-from .config import MasterConfig
+from .config import ConfigError, MasterConfig
 from .ingest import index_options
 from .simple_index import armv6l_alias
 
@@ -561,7 +561,8 @@ def serve(cfg: MasterConfig, stop: threading.Event | None = None) -> None:
                 watcher = Watcher(conn, cfg, stop)
                 watcher.lock()
             result = watcher.poll()
-            log.info("poll: %d due, %d fetched, %d unchanged, %d changed, %d removed, "
+            level = logging.INFO if result.events or result.errors else logging.DEBUG
+            log.log(level, "poll: %d due, %d fetched, %d unchanged, %d changed, %d removed, "
                      "%d event(s), %d job(s) queued, %d cancelled, %d error(s)",
                      result.due, result.fetched, result.unchanged, result.changed,
                      result.removed, result.events, result.jobs, result.cancelled,
@@ -571,12 +572,27 @@ def serve(cfg: MasterConfig, stop: threading.Event | None = None) -> None:
             failures += 1
             retry_after = exc.retry_after
             log.warning("rate limited: %s", exc)
-        except (upstream.UpstreamError, WatchBusy) as exc:
+        except WatchBusy as exc:
+            failures += 1
+            log.warning("%s", exc)
+            with contextlib.suppress(psycopg2.Error):
+                conn.close()  # connect (and try the lock) again after the pause
+            conn = None
+        except (upstream.UpstreamError, ConfigError) as exc:
             failures += 1
             log.warning("%s", exc)
         except (db.DatabaseUnavailable, psycopg2.OperationalError, psycopg2.InterfaceError) as exc:
             failures += 1
             log.warning("lost the database: %s", str(exc).strip())
+            if conn is not None:
+                with contextlib.suppress(psycopg2.Error):
+                    conn.close()
+            conn = None
+        except Exception:
+            # A bug or an unexpected answer: logged, and retried after a pause rather than
+            # letting systemd restart the service in a tight loop.
+            failures += 1
+            log.exception("unexpected error while polling the upstream")
             if conn is not None:
                 with contextlib.suppress(psycopg2.Error):
                     conn.close()
