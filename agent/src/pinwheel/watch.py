@@ -171,20 +171,22 @@ class Watcher:
             cur.execute("UPDATE watch_state SET root_etag = %s, root_last_modified = %s, "
                         "root_serial = %s, polled_at = now()",
                         (page.etag, page.last_modified, listing.serial))
-            cur.execute("CREATE TEMP TABLE watch_root (package text PRIMARY KEY, serial bigint) "
-                        "ON COMMIT DROP")
-            psycopg2.extras.execute_values(
-                cur, "INSERT INTO watch_root (package, serial) VALUES %s",
-                [(pkg, serial) for pkg, (_, serial) in listing.projects.items()], page_size=5000)
-            cur.execute("""
-                INSERT INTO watch_projects (package, upstream_serial, listed)
-                SELECT package, serial, true FROM watch_root
+            # Diff in Python, write only what moved: PyPI's root changes every few seconds
+            # and lists ~600,000 projects, of which a poll sees a few dozen change.
+            cur.execute("SELECT package, upstream_serial, listed FROM watch_projects")
+            stored = {pkg: (serial, listed) for pkg, serial, listed in cur.fetchall()}
+            moved = [(pkg, serial, True) for pkg, (_, serial) in listing.projects.items()
+                     if stored.get(pkg) != (serial, True)]
+            gone = [pkg for pkg, (_, listed) in stored.items()
+                    if listed and pkg not in listing.projects]
+            psycopg2.extras.execute_values(cur, """
+                INSERT INTO watch_projects (package, upstream_serial, listed) VALUES %s
                 ON CONFLICT (package) DO UPDATE
-                   SET upstream_serial = EXCLUDED.upstream_serial, listed = true
-                 WHERE watch_projects.upstream_serial IS DISTINCT FROM EXCLUDED.upstream_serial
-                    OR NOT watch_projects.listed""")
-            cur.execute("UPDATE watch_projects w SET listed = false WHERE listed AND NOT EXISTS "
-                        "(SELECT 1 FROM watch_root r WHERE r.package = w.package)")
+                   SET upstream_serial = EXCLUDED.upstream_serial, listed = true""",
+                moved, page_size=5000)
+            if gone:
+                cur.execute("UPDATE watch_projects SET listed = false WHERE package = ANY(%s)",
+                            (gone,))
             log.info("upstream lists %d project(s)%s", len(listing.projects),
                      " with serials" if listing.has_serials else "")
             return listing.has_serials
