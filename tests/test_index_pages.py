@@ -345,7 +345,10 @@ def test_index_rebuild_command_regenerates_everything(served, tmp_path):
         master_www_root=str(server.www_root), master_incoming_root=str(tmp_path / "in"),
         master_quarantine_root=str(tmp_path / "q"), master_upstream_url="http://x/simple/",
         master_ca_bundle="", master_max_wheel_size=1 << 20, master_max_log_size=1 << 20,
-        master_public_index_url="http://farm.example/simple/", master_armv6l_alias=True)
+        master_public_index_url="http://farm.example/simple/", master_armv6l_alias=True,
+        master_watch_mode="allowlist", master_watch_projects=[], master_watch_projects_file="",
+        master_watch_poll_seconds=60, master_watch_on_removal="keep", master_watch_history="all",
+        master_watch_max_backoff_seconds=900, master_watch_priority=0)
     for path in ("simple/index.html", "simple/index.json.gz", f"simple/{DEMO}/index.json",
                  f"project/{ARM}/json/index.json"):
         (server.www_root / path).unlink()

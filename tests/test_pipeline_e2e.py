@@ -91,7 +91,10 @@ def farm(pg, pg_template, upstream, sshd_master, nginx_master) -> Iterator[Farm]
         master_quarantine_root=str(place / "quarantine"),
         master_upstream_url=upstream.url, master_ca_bundle="",
         master_max_wheel_size=1 << 30, master_max_log_size=64 << 20,
-        master_public_index_url=f"{nginx_master.url}/simple/", master_armv6l_alias=False)
+        master_public_index_url=f"{nginx_master.url}/simple/", master_armv6l_alias=False,
+        master_watch_mode="allowlist", master_watch_projects=[], master_watch_projects_file="",
+        master_watch_poll_seconds=60, master_watch_on_removal="keep", master_watch_history="all",
+        master_watch_max_backoff_seconds=900, master_watch_priority=0)
     ensure_agent_users(list(BUILDERS.values()))
     venv = make_agent_venv()
     agents = []

@@ -189,5 +189,8 @@ def make_minifarm(pg: object, pg_template: str, upstream_url: str, place: Path,
         master_www_root=str(place / "www"), master_incoming_root=str(sshd.incoming_root),
         master_quarantine_root=str(place / "quarantine"), master_upstream_url=upstream_url,
         master_ca_bundle="", master_max_wheel_size=1 << 30, master_max_log_size=64 << 20,
-        master_public_index_url="", master_armv6l_alias=False)
+        master_public_index_url="", master_armv6l_alias=False,
+        master_watch_mode="allowlist", master_watch_projects=[], master_watch_projects_file="",
+        master_watch_poll_seconds=60, master_watch_on_removal="keep", master_watch_history="all",
+        master_watch_max_backoff_seconds=900, master_watch_priority=0)
     return MiniFarm(pg, database, place, upstream_url, sshd, make_agent_venv(), master_conf)

@@ -10,6 +10,16 @@ works against this index alone.
 The index is served by a thread of this process at ``/simple/`` as PEP 503 HTML
 or PEP 691 JSON (API version 1.1), chosen by the request's Accept header; files
 are under ``/files/``.
+
+For ``pinwheel watch`` the index also changes over time: releases are added
+(sdists or wheels only, as small synthetic files), yanked, un-yanked and
+deleted, projects deleted or listed under another spelling
+(:meth:`UpstreamIndex.add_release` and the methods after it). Every change
+bumps the project's serial; with ``serials=True`` the JSON root and project
+pages carry PyPI's ``_last-serial`` (and the ``X-PyPI-Last-Serial`` header).
+Every page has an ETag and answers ``If-None-Match`` with 304. Requests can
+be made to fail (``fail_next``: 429/503 with Retry-After) and a callback can
+run before a project page is served (``on_project_request``).
 """
 
 from __future__ import annotations
@@ -26,12 +36,12 @@ import tarfile
 import tempfile
 import threading
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from email.parser import HeaderParser
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from packaging.utils import canonicalize_name, parse_wheel_filename
 from packaging.version import Version
@@ -225,12 +235,27 @@ class _Handler(BaseHTTPRequestHandler):
     def _redirect(self, location: str) -> None:
         self._send(HTTPStatus.MOVED_PERMANENTLY, b"", "text/plain", {"Location": location})
 
-    def _page(self, data: dict[str, Any], html_body: str) -> None:
+    def _page(self, data: dict[str, Any], html_body: str, serial: int | None = None,
+              project: str | None = None) -> None:
         media = _preferred_type(self.headers.get("Accept", ""))
         if media == JSON_TYPE:
-            self._send(200, json.dumps(data, indent=1).encode(), JSON_TYPE)
+            body, content_type = json.dumps(data, indent=1).encode(), JSON_TYPE
         else:
-            self._send(200, html_body.encode(), f"{media}; charset=utf-8")
+            body, content_type = html_body.encode(), f"{media}; charset=utf-8"
+        etag = '"' + hashlib.sha256(content_type.encode() + b"\0" + body).hexdigest()[:32] + '"'
+        headers = {"ETag": etag}
+        if serial is not None and self.server.index.serials:
+            headers["X-PyPI-Last-Serial"] = str(serial)
+        if self.headers.get("If-None-Match") == etag:
+            self.server.index.page_requests.append((project or "", 304))
+            self.send_response(HTTPStatus.NOT_MODIFIED)
+            for key, value in headers.items():
+                self.send_header(key, value)
+            self.send_header("Vary", "Accept")
+            self.end_headers()
+            return
+        self.server.index.page_requests.append((project or "", 200))
+        self._send(200, body, content_type, headers)
 
     def do_HEAD(self) -> None:
         self.do_GET()
@@ -238,19 +263,36 @@ class _Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         path = self.path.split("?", 1)[0]
         index = self.server.index
+        with index.lock:
+            failure = index.failures.pop(0) if index.failures else None
+        if failure is not None:
+            status, retry_after = failure
+            headers = {"Retry-After": retry_after} if retry_after is not None else {}
+            self._send(status, b"slow down\n", "text/plain", headers)
+            return
         if path == "/simple":
             self._redirect("/simple/")
         elif path == "/simple/":
-            self._page(index.root_json(), index.root_html())
+            with index.lock:
+                data, page, serial = index.root_json(), index.root_html(), index.last_serial
+            self._page(data, page, serial)
         elif m := re.fullmatch(r"/simple/([^/]+)(/?)", path):
             name, slash = m.groups()
             canonical = canonicalize_name(name)
-            if canonical not in index.by_project:
+            if name == canonical and slash and index.on_project_request is not None:
+                index.on_project_request(canonical)
+            with index.lock:
+                known = canonical in index.by_project
+                if known:
+                    data, page = index.project_json(canonical), index.project_html(canonical)
+                    serial = index.serial_of.get(canonical, 0)
+            if not known:
+                index.page_requests.append((canonical, 404))
                 self._send(404, b"no such project\n", "text/plain")
             elif name != canonical or not slash:
                 self._redirect(f"/simple/{canonical}/")
             else:
-                self._page(index.project_json(canonical), index.project_html(canonical))
+                self._page(data, page, serial, canonical)
         elif (m := re.fullmatch(r"/files/([^/]+)", path)) and m.group(1) in index.by_filename:
             body = (index.files_dir / m.group(1)).read_bytes()
             self._send(200, body, "application/octet-stream")
@@ -273,22 +315,28 @@ class UpstreamIndex:
     oldest first; ``root`` holds the served files (under ``root / "files"``).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, build: bool = True, serials: bool = False) -> None:
+        """``build=False``: start empty (no sdists packed, no seed wheels needed);
+        ``serials``: publish PyPI's ``_last-serial`` in JSON pages and headers."""
         self.root = Path(tempfile.mkdtemp(prefix="pinwheel-upstream-"))
         self.files_dir = self.root / "files"
         self.files_dir.mkdir()
         try:
-            self.files = build_files(self.files_dir)
+            self.files = build_files(self.files_dir) if build else []
         except BaseException:
             shutil.rmtree(self.root, ignore_errors=True)
             raise
-        self.by_filename = {f.filename: f for f in self.files}
-        self.by_project: dict[str, list[IndexFile]] = {}
-        for f in self.files:
-            self.by_project.setdefault(f.project, []).append(f)
-        self.projects: dict[str, list[str]] = {
-            name: sorted({f.version for f in files}, key=Version)
-            for name, files in sorted(self.by_project.items())}
+        self.lock = threading.RLock()
+        self.serials = serials
+        self.last_serial = 0
+        self.serial_of: dict[str, int] = {}
+        self.display: dict[str, str] = {}   # project -> the spelling the root page lists
+        self.failures: list[tuple[int, str | None]] = []
+        self.page_requests: list[tuple[str, int]] = []  # (project or "" for the root, status)
+        self.on_project_request: Callable[[str], None] | None = None
+        self._reindex()
+        for name in self.projects:
+            self._bump(name)
         self._server = _IndexServer(("127.0.0.1", 0), _Handler)
         self._server.index = self
         self._server.requests = []
@@ -296,6 +344,86 @@ class UpstreamIndex:
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.url = f"{self.base_url}/simple/"
         self._thread: threading.Thread | None = None
+
+    # -- changing over time (for pinwheel watch) --------------------------------
+
+    def _reindex(self) -> None:
+        self.by_filename = {f.filename: f for f in self.files}
+        self.by_project: dict[str, list[IndexFile]] = {}
+        for f in self.files:
+            self.by_project.setdefault(f.project, []).append(f)
+        self.projects: dict[str, list[str]] = {
+            name: sorted({f.version for f in files}, key=Version)
+            for name, files in sorted(self.by_project.items())}
+
+    def _bump(self, project: str) -> None:
+        self.last_serial += 1
+        self.serial_of[project] = self.last_serial
+
+    def _synthetic(self, filename: str, project: str, version: str) -> IndexFile:
+        path = self.files_dir / filename
+        path.write_bytes(f"synthetic {filename}\n".encode())
+        return _index_file(path, project, version, None)
+
+    def add_release(self, name: str, version: str, sdist: bool = True,
+                    wheels: tuple[str, ...] = ()) -> None:
+        """Publish ``version`` of ``name`` (any spelling; a new project is listed under it):
+        an sdist and/or wheels with the given tags (e.g. ``py3-none-any``)."""
+        project = canonicalize_name(name)
+        stem = f"{project.replace('-', '_')}-{version}"
+        with self.lock:
+            if project not in self.by_project and name != project:
+                self.display[project] = name
+            new = [self._synthetic(f"{stem}.tar.gz", project, version)] if sdist else []
+            new += [self._synthetic(f"{stem}-{tag}.whl", project, version) for tag in wheels]
+            self.files += new
+            self._reindex()
+            self._bump(project)
+
+    def _set_yanked(self, name: str, version: str, yanked: bool | str) -> None:
+        project = canonicalize_name(name)
+        with self.lock:
+            self.files = [replace(f, yanked=yanked)
+                          if f.project == project and f.version == version else f
+                          for f in self.files]
+            self._reindex()
+            self._bump(project)
+
+    def yank(self, name: str, version: str, reason: str = "") -> None:
+        """Yank every file of a release (PEP 592), with a reason or none."""
+        self._set_yanked(name, version, reason or True)
+
+    def unyank(self, name: str, version: str) -> None:
+        self._set_yanked(name, version, False)
+
+    def delete_release(self, name: str, version: str) -> None:
+        project = canonicalize_name(name)
+        with self.lock:
+            self.files = [f for f in self.files
+                          if not (f.project == project and f.version == version)]
+            self._reindex()
+            self._bump(project)
+
+    def delete_project(self, name: str) -> None:
+        project = canonicalize_name(name)
+        with self.lock:
+            self.files = [f for f in self.files if f.project != project]
+            self._reindex()
+            self.serial_of.pop(project, None)
+            self.last_serial += 1
+
+    def respell(self, name: str) -> None:
+        """List the project under another spelling of its name (as a rename that only
+        changes case or punctuation does on PyPI)."""
+        project = canonicalize_name(name)
+        with self.lock:
+            self.display[project] = name
+            self._bump(project)
+
+    def fail_next(self, count: int, status: int = 429, retry_after: str | None = "1") -> None:
+        """Answer the next ``count`` requests with ``status`` (and Retry-After)."""
+        with self.lock:
+            self.failures += [(status, retry_after)] * count
 
     @property
     def requests(self) -> list[str]:
@@ -306,11 +434,20 @@ class UpstreamIndex:
         return f"{self.base_url}/files/{f.filename}"
 
     def root_json(self) -> dict[str, Any]:
-        return {"meta": {"api-version": "1.1"},
-                "projects": [{"name": name} for name in self.projects]}
+        meta: dict[str, Any] = {"api-version": "1.1"}
+        projects = []
+        for name in self.projects:
+            entry: dict[str, Any] = {"name": self.display.get(name, name)}
+            if self.serials:
+                entry["_last-serial"] = self.serial_of[name]
+            projects.append(entry)
+        if self.serials:
+            meta["_last-serial"] = self.last_serial
+        return {"meta": meta, "projects": projects}
 
     def root_html(self) -> str:
-        links = "".join(f'<a href="/simple/{name}/">{name}</a>\n' for name in self.projects)
+        links = "".join(f'<a href="/simple/{name}/">{html.escape(self.display.get(name, name))}'
+                        '</a>\n' for name in self.projects)
         return _html_page("Simple index", links)
 
     def project_json(self, name: str) -> dict[str, Any]:
@@ -323,8 +460,10 @@ class UpstreamIndex:
             if f.yanked:
                 entry["yanked"] = f.yanked
             files.append(entry)
-        return {"meta": {"api-version": "1.1"}, "name": name, "files": files,
-                "versions": self.projects[name]}
+        meta: dict[str, Any] = {"api-version": "1.1"}
+        if self.serials:
+            meta["_last-serial"] = self.serial_of[name]
+        return {"meta": meta, "name": name, "files": files, "versions": self.projects[name]}
 
     def project_html(self, name: str) -> str:
         links = []

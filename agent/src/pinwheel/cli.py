@@ -95,6 +95,26 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_watch(args: argparse.Namespace) -> int:
+    from . import watch
+    cfg = MasterConfig.load(args.config)
+    if args.once:
+        result = watch.poll_once(cfg)
+        print(f"{cfg.watch.mode} mode, {cfg.upstream_url}: {result.due} project(s) due, "
+              f"{result.fetched} fetched, {result.unchanged} unchanged, {result.changed} "
+              f"changed, {result.removed} removed upstream; {result.events} event(s), "
+              f"{result.jobs} job(s) queued, {result.cancelled} cancelled")
+        for error in result.errors:
+            print(f"pinwheel: error: {error}", file=sys.stderr)
+        if result.errors:
+            print(f"pinwheel: error: {len(result.errors)} project(s) could not be read; they "
+                  "are retried at the next poll (see watch_projects.last_error)", file=sys.stderr)
+            return 1
+        return 0
+    watch.serve(cfg)
+    return 0
+
+
 # ----------------------------------------------------------------- index
 
 def _progress_bar(stream: Any) -> Any:
@@ -165,6 +185,32 @@ def cmd_pause(args: argparse.Namespace, paused: bool) -> int:
                   for s in states]))
     if paused and any(s.current_job for s in states):
         print("A paused builder finishes the build it holds, then claims nothing until resumed.")
+    return 0
+
+
+def cmd_skip(args: argparse.Namespace, skipping: bool) -> int:
+    from . import skips
+    verb = "skip" if skipping else "unskip"
+    if bool(args.name) == bool(args.target) or (args.target and args.version):
+        print(f"usage: pinwheel {verb} NAME [VERSION] | --target ABI-PLATFORM "
+              "(see `pinwheel status` for the targets)", file=sys.stderr)
+        return 2
+    cfg = MasterConfig.load(args.config)
+    conn = db.connect(cfg.dsn, application_name=f"pinwheel-{verb}")
+    if skipping:
+        result = skips.skip(conn, args.reason, args.name, args.version, args.target)
+        if result.changed:
+            print(f"skipped {result.what} ({' '.join(args.reason.split())}): "
+                  f"{result.cancelled} queued job(s) cancelled")
+        else:
+            print(f"{result.what} was already skipped for that reason; "
+                  f"{result.cancelled} queued job(s) cancelled")
+        print("Nothing is queued for it until `pinwheel unskip`; a build already running "
+              "finishes.")
+    else:
+        result = skips.unskip(conn, args.name, args.version, args.target)
+        state = "unskipped" if result.changed else "was not skipped"
+        print(f"{result.what} {state}: {result.queued} job(s) queued")
     return 0
 
 
@@ -247,6 +293,12 @@ def parser() -> argparse.ArgumentParser:
     ing.add_argument("--once", action="store_true", help="process what is pending, then exit")
     ing.set_defaults(func=cmd_ingest)
 
+    wa = sub.add_parser("watch", help="follow the upstream index: new releases, yanks and "
+                                      "deletions become work (master service)")
+    wa.add_argument("--config", default=MASTER_CONF, help=f"default {MASTER_CONF}")
+    wa.add_argument("--once", action="store_true", help="poll once, then exit (1 on errors)")
+    wa.set_defaults(func=cmd_watch)
+
     idx = sub.add_parser("index", help="the static index nginx serves (master)")
     idxsub = idx.add_subparsers(dest="index_command", required=True, metavar="ACTION")
     rb = idxsub.add_parser("rebuild", help="rewrite every project's pages and the root page")
@@ -270,6 +322,21 @@ def parser() -> argparse.ArgumentParser:
         pz.add_argument("--all", action="store_true", help="every builder")
         pz.add_argument("--config", default=MASTER_CONF, help=f"default {MASTER_CONF}")
         pz.set_defaults(func=lambda args, p=paused: cmd_pause(args, p))
+
+    for verb, skipping, what in (
+            ("skip", True, "stop building a project, a release or a target (with a reason); "
+                           "cancels its queued jobs"),
+            ("unskip", False, "build a skipped project, release or target again")):
+        sk = sub.add_parser(verb, help=what)
+        sk.add_argument("name", nargs="?", help="project name, any spelling")
+        sk.add_argument("version", nargs="?", help="only this release")
+        sk.add_argument("--target", metavar="ABI-PLATFORM",
+                        help="a build target instead, e.g. cp311-linux_armv7l")
+        if skipping:
+            sk.add_argument("--reason", required=True,
+                            help="why (shown on the project page and in `pinwheel status`)")
+        sk.add_argument("--config", default=MASTER_CONF, help=f"default {MASTER_CONF}")
+        sk.set_defaults(func=lambda args, s=skipping: cmd_skip(args, s))
 
     st = sub.add_parser("status", help="the queue, the builders and recent builds")
     st.add_argument("--config", default=MASTER_CONF, help=f"default {MASTER_CONF}")

@@ -8,6 +8,7 @@ Ansible roles install document each setting.
 from __future__ import annotations
 
 import configparser
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -144,6 +145,84 @@ def _bool(parser: configparser.ConfigParser, section: str, key: str, path: str |
         raise ConfigError(f"{path}: [{section}] {key} must be true or false, not {raw!r}") from None
 
 
+WATCH_MODES = ("mirror", "allowlist")
+REMOVAL_POLICIES = ("keep", "remove")
+HISTORIES = ("all", "latest")
+_REQUIREMENT_NAME_RE = re.compile(r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)")
+
+
+def allowlist_names(text: str) -> list[str]:
+    """Project names from an allowlist file: one a line, or requirements-file lines
+    (``name[extra]>=1.0 ; marker``: the name is taken); ``#`` comments and pip options
+    (``-r``, ``--index-url`` ...) are ignored."""
+    found = []
+    for line in text.splitlines():
+        line = line.split("#", 1)[0].strip()
+        if not line or line.startswith("-"):
+            continue
+        m = _REQUIREMENT_NAME_RE.match(line)
+        if m:
+            found.append(m.group(1))
+    return found
+
+
+@dataclass
+class WatchConfig:
+    """The ``[watch]`` section: how ``pinwheel watch`` follows the upstream."""
+
+    # mirror: every project upstream; allowlist: only ``projects`` (and ``projects_file``)
+    mode: str = "allowlist"
+    projects: list[str] = field(default_factory=list)
+    projects_file: str = ""           # one name a line, or a requirements file
+    poll_seconds: int = 60            # between two polls of the upstream
+    # A release or project deleted upstream: keep its wheels (marked removed upstream) or
+    # remove them from the index.
+    on_removal: str = "keep"
+    # A project seen for the first time: queue every release (all), or only its newest
+    # final release with an sdist (latest; the others are recorded, `pinwheel add` builds them).
+    history: str = "all"
+    max_backoff_seconds: int = 900    # the longest wait after errors or rate limits
+    priority: int = 0                 # priority of the jobs the watcher queues
+    timeout: int = 60                 # seconds per HTTP request
+
+    @classmethod
+    def load(cls, p: configparser.ConfigParser, path: str | Path) -> WatchConfig:
+        s = "watch"
+        if not p.has_section(s):
+            return cls()
+        mode = p.get(s, "mode", fallback="allowlist").strip()
+        if mode not in WATCH_MODES:
+            raise ConfigError(f"{path}: [watch] mode must be mirror or allowlist, not {mode!r}")
+        removal = p.get(s, "on_removal", fallback="keep").strip()
+        if removal not in REMOVAL_POLICIES:
+            raise ConfigError(f"{path}: [watch] on_removal must be keep or remove, "
+                              f"not {removal!r}")
+        history = p.get(s, "history", fallback="all").strip()
+        if history not in HISTORIES:
+            raise ConfigError(f"{path}: [watch] history must be all or latest, not {history!r}")
+        poll = _count(p, s, "poll_seconds", path, 60)
+        if poll < 1:
+            raise ConfigError(f"{path}: [watch] poll_seconds must be at least 1")
+        return cls(mode=mode, projects=p.get(s, "projects", fallback="").split(),
+                   projects_file=p.get(s, "projects_file", fallback="").strip(),
+                   poll_seconds=poll, on_removal=removal, history=history,
+                   max_backoff_seconds=max(1, _count(p, s, "max_backoff_seconds", path, 900)),
+                   priority=_int(p, s, "priority", path, 0),
+                   timeout=max(1, _count(p, s, "timeout", path, 60)))
+
+    def allowlist(self) -> list[str]:
+        """The listed projects (``projects`` then ``projects_file``), as written."""
+        listed = list(self.projects)
+        if self.projects_file:
+            try:
+                text = Path(self.projects_file).read_text(encoding="utf-8")
+            except OSError as exc:
+                raise ConfigError(f"cannot read the watch allowlist {self.projects_file}: "
+                                  f"{exc.strerror}") from exc
+            listed += allowlist_names(text)
+        return listed
+
+
 @dataclass
 class MasterConfig:
     """Settings of the master's services and operator commands."""
@@ -161,6 +240,7 @@ class MasterConfig:
     # Also list linux_armv7l wheels as linux_armv6l (Pi Zero / Pi 1). Off by default: a wheel
     # built on armv7 may use instructions an armv6 CPU does not have (docs/index.md).
     armv6l_alias: bool = False
+    watch: WatchConfig = field(default_factory=lambda: WatchConfig())
 
     @classmethod
     def load(cls, path: str | Path) -> MasterConfig:
@@ -179,4 +259,5 @@ class MasterConfig:
             ca_bundle=p.get(s, "ca_bundle", fallback=""),
             public_index_url=p.get(s, "public_index_url", fallback=""),
             armv6l_alias=_bool(p, s, "armv6l_alias", path, False),
+            watch=WatchConfig.load(p, path),
         )

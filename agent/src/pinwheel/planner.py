@@ -75,14 +75,18 @@ def add(conn: Any, index_url: str, name: str, version: str | None = None,
                     "ON CONFLICT (package) DO UPDATE SET display_name = EXCLUDED.display_name",
                     (package, proj.name))
         for ver, files in sorted(releases.items()):
-            result.releases.append(_record_release(cur, package, ver, files,
+            result.releases.append(record_release(cur, package, ver, files,
                                                    explicit=version is not None,
                                                    priority=priority))
     return result
 
 
-def _record_release(cur: Any, package: str, version: str, files: list[upstream.UpstreamFile],
-                    explicit: bool, priority: int) -> ReleasePlan:
+def record_release(cur: Any, package: str, version: str, files: list[upstream.UpstreamFile],
+                   explicit: bool, priority: int, plan: bool = True) -> ReleasePlan:
+    """Record one release in ``versions`` and queue its jobs (in the caller's transaction).
+
+    Used by ``pinwheel add`` and by ``pinwheel watch``; ``plan=False`` only records it.
+    """
     sdists = [f for f in files if f.is_sdist]
     yanked_files = [f for f in files if f.yanked]
     yanked = bool(files) and len(yanked_files) == len(files)
@@ -100,14 +104,16 @@ def _record_release(cur: Any, package: str, version: str, files: list[upstream.U
                                      THEN EXCLUDED.skip_reason ELSE versions.skip_reason END""",
         (package, version, bool(sdists), yanked, reason, requires_python,
          None if sdists else "binary only"))
-    plan = ReleasePlan(version, bool(sdists), yanked)
+    result = ReleasePlan(version, bool(sdists), yanked)
     if not sdists:
-        plan.note = "skipped: binary only (no sdist upstream)"
+        result.note = "skipped: binary only (no sdist upstream)"
     elif yanked and not explicit:
-        plan.note = "skipped: yanked upstream (add it by version to build it)"
+        result.note = "skipped: yanked upstream (add it by version to build it)"
+    elif not plan:
+        result.note = "recorded, not queued"
     else:
         cur.execute("SELECT plan_release(%s, %s, %s)", (package, version, priority))
-        plan.jobs = cur.fetchone()[0]
-        if plan.jobs == 0:
-            plan.note = "nothing to do: built or queued already"
-    return plan
+        result.jobs = cur.fetchone()[0]
+        if result.jobs == 0:
+            result.note = "nothing to do: built or queued already"
+    return result

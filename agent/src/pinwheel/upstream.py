@@ -6,8 +6,11 @@ PEP 503. Only the standard library is used.
 
 from __future__ import annotations
 
+import email.utils
+import hashlib
 import json
 import ssl
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -32,6 +35,18 @@ class UpstreamError(Exception):
 
 class ProjectNotFound(UpstreamError):
     """The upstream has no such project."""
+
+
+class UpstreamUnavailable(UpstreamError):
+    """The upstream cannot be reached or answers 5xx: try again later, after a pause."""
+
+
+class RateLimited(UpstreamUnavailable):
+    """The upstream asked us to slow down (HTTP 429, or 503 while unavailable)."""
+
+    def __init__(self, message: str, retry_after: float | None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after  # seconds, from Retry-After, or None
 
 
 @dataclass(frozen=True)
@@ -148,3 +163,164 @@ def project(index_url: str, name: str, timeout: float = 60.0,
     if content_type in ("text/html", "application/vnd.pypi.simple.v1+html"):
         return parse_html(body, final_url, name)
     raise UpstreamError(f"{url}: unexpected content type {content_type!r}")
+
+
+# ------------------------------------------------- conditional requests (watch)
+
+
+@dataclass(frozen=True)
+class Page:
+    """One answer to a conditional GET: ``body`` is None when unchanged (HTTP 304)."""
+
+    url: str
+    content_type: str
+    body: bytes | None
+    etag: str | None
+    last_modified: str | None
+    serial: int | None       # X-PyPI-Last-Serial, when the upstream sends it
+
+    @property
+    def sha256(self) -> str | None:
+        return hashlib.sha256(self.body).hexdigest() if self.body is not None else None
+
+
+def retry_after(value: str | None, now: float | None = None) -> float | None:
+    """Seconds to wait from a Retry-After header (delta-seconds or an HTTP date), or None."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when is None:
+        return None
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+
+
+def _serial(value: str | None) -> int | None:
+    try:
+        return int(value) if value else None
+    except ValueError:
+        return None
+
+
+def fetch_page(url: str, etag: str | None = None, last_modified: str | None = None,
+               timeout: float = 60.0, ca_bundle: str = "") -> Page:
+    """GET ``url`` with If-None-Match / If-Modified-Since from the last answer.
+
+    Raises ProjectNotFound (404 or 410), RateLimited (429, 503) or UpstreamError.
+    """
+    if not url.startswith(("http://", "https://")):
+        raise UpstreamError(f"{url}: only http and https upstreams are supported")
+    headers = {"Accept": ACCEPT, "User-Agent": USER_AGENT}
+    if etag:
+        headers["If-None-Match"] = etag
+    if last_modified:
+        headers["If-Modified-Since"] = last_modified
+    req = urllib.request.Request(url, headers=headers)  # noqa: S310 - http(s) only, checked above
+    try:
+        context = ssl.create_default_context(cafile=ca_bundle) if ca_bundle else None
+        with urllib.request.urlopen(req, timeout=timeout, context=context) as resp:  # noqa: S310 - checked above
+            body = resp.read(MAX_PAGE + 1)
+            if len(body) > MAX_PAGE:
+                raise UpstreamError(f"{url}: page larger than {MAX_PAGE} bytes")
+            return Page(resp.geturl(), resp.headers.get_content_type(), body,
+                        resp.headers.get("ETag"), resp.headers.get("Last-Modified"),
+                        _serial(resp.headers.get("X-PyPI-Last-Serial")))
+    except urllib.error.HTTPError as exc:
+        if exc.code == 304:
+            return Page(url, "", None, exc.headers.get("ETag") or etag,
+                        exc.headers.get("Last-Modified") or last_modified,
+                        _serial(exc.headers.get("X-PyPI-Last-Serial")))
+        if exc.code in (404, 410):
+            raise ProjectNotFound(f"{url}: not found upstream (HTTP {exc.code})") from exc
+        if exc.code in (429, 503):
+            wait = retry_after(exc.headers.get("Retry-After"))
+            raise RateLimited(f"{url}: HTTP {exc.code} {exc.reason}"
+                              + (f" (Retry-After {wait:.0f} s)" if wait is not None else ""),
+                              wait) from exc
+        if exc.code >= 500:
+            raise UpstreamUnavailable(f"{url}: HTTP {exc.code} {exc.reason}") from exc
+        raise UpstreamError(f"{url}: HTTP {exc.code} {exc.reason}") from exc
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise UpstreamUnavailable(f"{url}: cannot reach the upstream index ({reason})") from exc
+
+
+def project_url(index_url: str, name: str) -> str:
+    return urllib.parse.urljoin(index_url.rstrip("/") + "/", names.normalise(name) + "/")
+
+
+def parse_project_page(page: Page, requested: str) -> UpstreamProject:
+    """The project on a fetched page (PEP 691 JSON or PEP 503 HTML)."""
+    if page.body is None:
+        raise UpstreamError(f"{page.url}: no page to parse (unchanged)")
+    if page.content_type == JSON_TYPE:
+        return parse_json(page.body, page.url, requested)
+    if page.content_type in ("text/html", "application/vnd.pypi.simple.v1+html"):
+        return parse_html(page.body, page.url, requested)
+    raise UpstreamError(f"{page.url}: unexpected content type {page.content_type!r}")
+
+
+def project_serial(page: Page) -> int | None:
+    """A project page's serial: PEP 691 ``meta._last-serial`` (PyPI), else the header."""
+    if page.body is not None and page.content_type == JSON_TYPE:
+        try:
+            meta = json.loads(page.body).get("meta") or {}
+            value = meta.get("_last-serial")
+            if isinstance(value, int) and not isinstance(value, bool):
+                return value
+        except (ValueError, AttributeError):
+            pass
+    return page.serial
+
+
+@dataclass(frozen=True)
+class RootListing:
+    """The upstream's project list: normalised name -> (spelling, serial or None)."""
+
+    projects: dict[str, tuple[str, int | None]]
+    serial: int | None       # the whole index's serial (meta or header), if any
+
+    @property
+    def has_serials(self) -> bool:
+        return any(serial is not None for _, serial in self.projects.values())
+
+
+def parse_root(page: Page) -> RootListing:
+    """The root page: PEP 691 JSON (with PyPI's ``_last-serial``) or PEP 503 HTML."""
+    if page.body is None:
+        raise UpstreamError(f"{page.url}: no page to parse (unchanged)")
+    found: dict[str, tuple[str, int | None]] = {}
+
+    def add(name: str, serial: int | None) -> None:
+        if not names.is_valid_name(name):
+            return  # an unusable name cannot become a project: ignored
+        key = names.normalise(name)
+        old = found.get(key)
+        if old is None or (serial or -1) > (old[1] or -1):
+            found[key] = (name, serial)
+
+    if page.content_type == JSON_TYPE:
+        try:
+            data: Any = json.loads(page.body)
+            for entry in data["projects"]:
+                raw = entry.get("_last-serial")
+                add(str(entry["name"]), raw if isinstance(raw, int)
+                    and not isinstance(raw, bool) else None)
+            meta = data.get("meta") or {}
+            top = meta.get("_last-serial")
+            serial = top if isinstance(top, int) and not isinstance(top, bool) else page.serial
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise UpstreamError(f"{page.url}: malformed PEP 691 root JSON ({exc})") from exc
+        return RootListing(found, serial)
+    if page.content_type in ("text/html", "application/vnd.pypi.simple.v1+html"):
+        parser = _AnchorParser()
+        parser.feed(page.body.decode("utf-8", "replace"))
+        for _attrs, text in parser.anchors:
+            add(text, None)
+        return RootListing(found, page.serial)
+    raise UpstreamError(f"{page.url}: unexpected content type {page.content_type!r}")
