@@ -53,6 +53,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 
+from machine import cpu_model, ram_gib  # noqa: E402
+
 from harness.agents import SYSTEM_PYTHON, world_readable_tempdir  # noqa: E402
 from harness.minifarm import MiniFarm, make_minifarm  # noqa: E402
 from harness.postgres import PostgresCluster  # noqa: E402
@@ -192,22 +194,13 @@ class JobClock:
 
 
 def machine_info(pg: PostgresCluster) -> dict[str, str]:
-    cpu = "unknown"
-    with open("/proc/cpuinfo", encoding="utf-8") as f:
-        for line in f:
-            key, _, value = line.partition(":")
-            if key.strip() == "model name":
-                cpu = value.strip()
-                break
-    with open("/proc/meminfo", encoding="utf-8") as f:
-        mem_kib = next(int(line.split()[1]) for line in f if line.startswith("MemTotal:"))
     (server,), = pg.query("postgres", "SHOW server_version")
     pip_version = subprocess.run([SYSTEM_PYTHON, "-m", "pip", "--version"], capture_output=True,
                                  text=True).stdout.split(" from ")[0]
     rsync_version = subprocess.run(["rsync", "--version"], capture_output=True,
                                    text=True).stdout.splitlines()[0]
     return {
-        "cpu": cpu, "cores": str(os.cpu_count()), "ram": f"{mem_kib / 1024 / 1024:.1f} GiB",
+        "cpu": cpu_model(), "cores": str(os.cpu_count()), "ram": ram_gib(),
         "kernel": platform.release(),
         "build python": subprocess.run([SYSTEM_PYTHON, "--version"], capture_output=True,
                                        text=True).stdout.strip() + f" ({pip_version})",

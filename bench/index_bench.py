@@ -65,6 +65,8 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
+from machine import cpu_model, ram_gib  # bench/machine.py (this script's directory)
+
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results"
 DOCS = REPO / "docs" / "benchmarks.md"
@@ -695,15 +697,6 @@ def serving(cfg: Config, pg: Any, big: Any, work: Path, big_projects: int) -> Se
 
 
 def machine_info(pg: Any) -> dict[str, str]:
-    cpu = "unknown"
-    with open("/proc/cpuinfo", encoding="utf-8") as f:
-        for line in f:
-            key, _, value = line.partition(":")
-            if key.strip() == "model name":
-                cpu = value.strip()
-                break
-    with open("/proc/meminfo", encoding="utf-8") as f:
-        mem_kib = next(int(line.split()[1]) for line in f if line.startswith("MemTotal:"))
     server = pg.query("postgres", "SHOW server_version")[0][0]
     nginx = subprocess.run(["/usr/sbin/nginx", "-v"], capture_output=True, text=True).stderr
     wrk_v = subprocess.run(["wrk", "-v"], capture_output=True, text=True).stdout.split("[")[0]
@@ -714,7 +707,7 @@ def machine_info(pg: Any) -> dict[str, str]:
         with contextlib.suppress(PackageNotFoundError):
             versions.append(f"{dist} {version(dist)}")
     return {
-        "CPU": cpu, "Cores": str(os.cpu_count()), "RAM": f"{mem_kib / 1024 / 1024:.1f} GiB",
+        "CPU": cpu_model(), "Cores": str(os.cpu_count()), "RAM": ram_gib(),
         "File system": f"{fs} (the temporary directory)",
         "PostgreSQL": f"{server} (throwaway cluster from tests/harness/postgres.py, fsync=off)",
         "nginx": f"{nginx.strip().split('/')[-1]} (tests/harness/nginx.py: the master role's "

@@ -26,13 +26,22 @@ class DigestMismatch(Exception):
     """The bytes copied do not have the expected SHA-256 (the source changed)."""
 
 
-def fsync_dir(path: Path) -> None:
-    """Flush a directory's entries (after a rename into it) to disk."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+def _fsync(path: Path, flags: int) -> None:
+    fd = os.open(path, os.O_RDONLY | flags)
     try:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def fsync_dir(path: Path) -> None:
+    """Flush a directory's entries (after a rename into it) to disk."""
+    _fsync(path, os.O_DIRECTORY)
+
+
+def fsync_file(path: Path) -> None:
+    """Flush a regular file's contents to disk (never through a symlink)."""
+    _fsync(path, os.O_NOFOLLOW)
 
 
 def _temp_beside(dest: Path) -> tuple[int, str]:

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from .aptdeps import Library
-from .fsutil import atomic_write_text
+from .fsutil import atomic_write_text, fsync_file
 from .queue import Job, ReportedFile
 
 RECORD = "result.json"
@@ -75,18 +75,10 @@ def job_id_of(directory: Path) -> int | None:
     return int(m.group(1)) if m else None
 
 
-def _fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def record(pending: Pending) -> None:
     """Flush the outbox's files to disk, then write ``result.json`` atomically."""
     for path in pending.paths:
-        _fsync_file(path)
+        fsync_file(path)
     job = pending.job
     data = {
         "format": FORMAT,
