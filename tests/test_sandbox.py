@@ -377,3 +377,19 @@ def test_real_build_through_the_proxy(users, place, upstream, buildnet):
                       tick_seconds=30)
     assert result.status == "success", result.log_path.read_text()[-3000:]
     assert [w.name for w in result.wheels] == ["pwtest_cext-1.0-cp311-cp311-linux_x86_64.whl"]
+
+
+def test_build_network_settings_are_checked(tmp_path):
+    from pinwheel.config import AgentConfig, ConfigError
+    base = "[agent]\ndsn = host=x\nbuild_user = b\n"
+    conf = tmp_path / "agent.conf"
+    conf.write_text(base + "build_network = restricted\nbuild_proxy = http://127.0.0.1:8888\n")
+    assert AgentConfig.load(conf).build_proxy == "http://127.0.0.1:8888"
+    conf.write_text(base + "build_network = open\nbuild_proxy = http://127.0.0.1:8888\n")
+    assert AgentConfig.load(conf).build_proxy == ""
+    conf.write_text(base + "build_network = restricted\n")
+    with pytest.raises(ConfigError, match="needs build_proxy"):
+        AgentConfig.load(conf)
+    conf.write_text(base + "build_network = closed\n")
+    with pytest.raises(ConfigError, match="must be open or restricted"):
+        AgentConfig.load(conf)
