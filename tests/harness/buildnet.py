@@ -69,6 +69,8 @@ class BuildNetwork:
             "__builder_firewall_rules": str(self.place / "build-firewall.nft"),
             "__builder_proxy_filter": str(self.place / "allowed-hosts"),
             "__builder_proxy_connect_ports": [443],
+            # tinyproxy 1.11 here (bookworm); bullseye's 1.10 needs a process pool.
+            "__builder_tinyproxy_prefork": False,
         }
         (self.place / "allowed-hosts").write_text(
             render_role_template("builder", "tinyproxy-filter.j2", **variables))
