@@ -14,7 +14,7 @@ CACHE := .cache
 SEED := $(CACHE)/upstream-seed
 APT_PACKAGES := postgresql nginx-light libnginx-mod-http-perl openssh-server openssh-client rsync sudo procps \
 	python3 python3-venv python3-pip python3-dev python3-psycopg2 python3-setuptools \
-	build-essential libpq-dev gzip zlib1g-dev libffi-dev chromium
+	build-essential libpq-dev gzip zlib1g-dev libffi-dev chromium tinyproxy
 export PINWHEEL_SEED_DIR := $(abspath $(SEED))
 
 .PHONY: help deps test-deps test test-python lint bench bench-queue bench-index bench-agent farm farm-down clean

@@ -177,6 +177,9 @@ def ensure_container(host: Host, port: int) -> None:
             "--network", NETWORK, "--systemd=always", "--label", LABEL]
     if host.arch == "armhf":
         argv += ["--arch", "arm"]
+    elif "pinwheel_builders" in host.groups:
+        # nft loads the builds' firewall (builder_build_network) in the container's netns.
+        argv += ["--cap-add", "NET_ADMIN"]
     if "pinwheel_master" in host.groups:
         argv += ["--publish", f"127.0.0.1:{port}:{MASTER_HTTP_PORT}"]
     proc = podman(*argv, host.image_ref, "/sbin/init", check=False)

@@ -6,16 +6,22 @@ A stand-in "interpreter" (a shell script the sandbox runs instead of
 
 from __future__ import annotations
 
+import logging
 import os
 import re
+import socket
 import subprocess
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from harness.buildnet import BuildNetwork, nft_usable
+from harness.cgroups import cgroup_root, delegated_cgroup, remove_cgroup
 from harness.users import AgentUsers, ensure_agent_users
 from pinwheel.buildlog import TRUNCATED_MARKER
+from pinwheel.cgroup import BuildCgroup
 from pinwheel.limits import BuildLimits
 from pinwheel.sandbox import BuildAborted, Sandbox, plain_http_hosts
 
@@ -215,3 +221,175 @@ def test_build_isolations_pip_subprocess_gets_the_ca_bundle_and_trusted_hosts(tm
     assert "PIP_CERT=/etc/pinwheel/ca.crt" in env
     assert "PIP_TRUSTED_HOST=pwm-master" in env
     assert cmd[cmd.index("--cert") + 1] == "/etc/pinwheel/ca.crt"
+
+
+# ------------------------------------------------------------------ cgroup
+
+
+@pytest.fixture
+def cgroup_base(users) -> Iterator[Path]:
+    """A cgroup for the builds (the agent's, which systemd delegates); skipped without one."""
+    root, why = cgroup_root()
+    if root is None:
+        pytest.skip(why)
+    base = delegated_cgroup(root, f"sbx-{os.getpid()}")
+    try:
+        yield base
+    finally:
+        remove_cgroup(base)
+
+
+def test_builds_run_in_their_cgroup_which_one_kill_empties(users, place, cgroup_base):
+    py = fake_python(place, "cat /proc/self/cgroup\n"
+                            "setsid sleep 300 >/dev/null 2>&1 &\nsleep 301 &\n"
+                            f"echo $$ > {cgroup_base}/agent/cgroup.procs; echo escape-exit=$?\n"
+                            f"echo $$ > {cgroup_base}/cgroup.procs; echo escape-exit=$?\n"
+                            "exit 1\n")
+    sb = sandbox(users, place, py)
+    assert sb.use_cgroup(cgroup_base)
+    assert sb.cgroup is not None and sb.cgroup.path == cgroup_base / "build"
+    result = build_once(sb, place, 20)
+    text = result.log_path.read_text()
+    mount = str(cgroup_base).split("/pinwheel-tests/")[0]
+    assert f"0::{str(cgroup_base / 'build')[len(mount):]}\n" in text, text[-2000:]
+    assert f"in the cgroup {cgroup_base}/build" in text
+    assert "escape-exit=0" not in text and text.count("escape-exit=") == 2, text[-2000:]
+    assert not sb.cgroup.populated()
+    assert build_user_processes(users.build) == []
+
+
+def test_memory_of_the_whole_build_is_limited_by_its_cgroup(users, place, cgroup_base):
+    # Four processes of 100 MiB each: every one is far under the 256 MiB limit,
+    # together they are over it.
+    sb = sandbox(users, place, "/bin/false", memory_mb=256)
+    sb.use_cgroup(cgroup_base)
+    assert sb.cgroup is not None
+    if not sb.cgroup.limits_memory:
+        pytest.skip(f"no memory controller in {cgroup_base} (a hybrid or legacy cgroup "
+                    "hierarchy): memory stays limited per process")
+    alloc = ("/usr/bin/python3 -c 'import time; b = bytearray(100 << 20); "
+             "b[::4096] = b\"x\" * len(b[::4096]); time.sleep(30)' &\n")
+    sb.python = fake_python(place, alloc * 4 + "wait; echo ALL-DONE; exit 0\n")
+    result = build_once(sb, place, 21)
+    text = result.log_path.read_text()
+    assert result.status == "failed", text[-2000:]
+    assert "killed: over its memory limit (256 MiB for the whole build)" in text
+    assert "memory 256 MiB for the whole build (cgroup)" in text
+    assert build_user_processes(users.build) == []
+
+
+def test_without_a_writable_cgroup_memory_stays_limited_per_process(users, place, caplog):
+    sb = sandbox(users, place, "/bin/false", memory_mb=256)
+    with caplog.at_level(logging.WARNING, "pinwheel.sandbox"):
+        assert not sb.use_cgroup(Path("/proc/self"))
+    assert "no cgroup for the builds" in caplog.text and "RLIMIT_AS" in caplog.text
+    assert sb.cgroup is None and not sb.limits.memory_in_cgroup
+    assert "--as=268435456" in sb.limits.prlimit_command()
+
+
+def test_a_cgroup_with_the_memory_controller_replaces_rlimit_as():
+    cg = BuildCgroup(Path("/nonexistent"), 512, frozenset({"memory", "pids"}))
+    assert cg.limits_memory
+    limits = BuildLimits(memory_mb=512, memory_in_cgroup=True)
+    assert not any(a.startswith("--as") for a in limits.prlimit_command())
+    assert "memory 512 MiB for the whole build (cgroup)" in limits.describe()
+
+
+# ----------------------------------------------------------------- network
+
+
+@pytest.fixture
+def buildnet(users, place) -> Iterator[BuildNetwork]:
+    """The builder role's firewall rule and proxy, for the test build user only."""
+    why = nft_usable()
+    if why:
+        pytest.skip(why)
+    net = BuildNetwork(users.build, ["127.0.0.1"], place / "net").start()
+    try:
+        yield net
+    finally:
+        net.stop()
+
+
+PROBE = """/usr/bin/python3 - ARGS <<'END'
+import os, socket, sys, urllib.error, urllib.request
+port, index = int(sys.argv[1]), sys.argv[2]
+try:
+    socket.create_connection(("127.0.0.1", port), timeout=5).close()
+    print("direct: connected")
+except OSError as exc:
+    print("direct: blocked", exc)
+with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+    try:
+        udp.sendto(b"x", ("127.0.0.1", 53))
+        print("dns: sent")
+    except OSError as exc:
+        print("dns: blocked", exc)
+for name, url in (("index", index + "pwtest-pure/"), ("other", f"http://localhost:{port}/")):
+    try:
+        print(name + ":", urllib.request.urlopen(url, timeout=20).status)
+    except urllib.error.HTTPError as exc:
+        print(name + ":", exc.code)
+    except OSError as exc:
+        print(name + ": error", exc)
+print("proxy:", os.environ.get("http_proxy"))
+END
+exit 1
+"""
+
+
+def test_a_restricted_build_reaches_the_index_through_the_proxy_and_nothing_else(
+        users, place, upstream, buildnet):
+    with socket.socket() as listener:  # a local service the build must not reach
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(8)
+        port = listener.getsockname()[1]
+        py = fake_python(place, PROBE.replace("ARGS", f"{port} {upstream.url}"))
+        sb = Sandbox(users.build, place / "work", py, upstream.url, [], 60,
+                     proxy=buildnet.proxy_url)
+        result = build_once(sb, place, 30)
+    text = result.log_path.read_text()
+    assert "direct: blocked" in text, text[-2000:]
+    assert "dns: blocked" in text, text[-2000:]
+    assert "index: 200" in text, text[-2000:]
+    assert "other: 403" in text, text[-2000:]
+    assert f"proxy: {buildnet.proxy_url}" in text
+    assert 'refused on filtered domain "localhost"' in buildnet.log()
+
+
+def test_the_network_check_refuses_a_proxy_without_the_firewall(users, place, buildnet):
+    sb = Sandbox(users.build, place / "work", "/bin/false", "http://127.0.0.1:9/simple/", [], 60,
+                 proxy=buildnet.proxy_url)
+    assert sb.network_probe()[0]
+    sb.check_network()
+    buildnet.stop()
+    confined, seen = sb.network_probe()
+    assert not confined and "Connection refused" in seen
+    with pytest.raises(RuntimeError, match="pinwheel-build-firewall"):
+        sb.check_network()
+
+
+def test_real_build_through_the_proxy(users, place, upstream, buildnet):
+    # pip resolves setuptools (build isolation) from the upstream through the proxy.
+    sb = Sandbox(users.build, place / "work", "/usr/bin/python3", upstream.url, [], 600,
+                 proxy=buildnet.proxy_url)
+    result = sb.build("pwtest-cext", "1.0", 31, place / "outbox", tick=lambda: None,
+                      tick_seconds=30)
+    assert result.status == "success", result.log_path.read_text()[-3000:]
+    assert [w.name for w in result.wheels] == ["pwtest_cext-1.0-cp311-cp311-linux_x86_64.whl"]
+
+
+def test_build_network_settings_are_checked(tmp_path):
+    from pinwheel.config import AgentConfig, ConfigError
+    base = "[agent]\ndsn = host=x\nbuild_user = b\n"
+    conf = tmp_path / "agent.conf"
+    conf.write_text(base + "build_network = restricted\nbuild_proxy = http://127.0.0.1:8888\n")
+    assert AgentConfig.load(conf).build_proxy == "http://127.0.0.1:8888"
+    conf.write_text(base + "build_network = open\nbuild_proxy = http://127.0.0.1:8888\n")
+    assert AgentConfig.load(conf).build_proxy == ""
+    conf.write_text(base + "build_network = restricted\n")
+    with pytest.raises(ConfigError, match="needs build_proxy"):
+        AgentConfig.load(conf)
+    conf.write_text(base + "build_network = closed\n")
+    with pytest.raises(ConfigError, match="must be open or restricted"):
+        AgentConfig.load(conf)

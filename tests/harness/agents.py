@@ -61,6 +61,9 @@ class AgentProcess:
     log: Path
     proc: subprocess.Popen[bytes] | None = None
     stopped: bool = False   # the test stopped or killed it on purpose
+    # A cgroup delegated to the agent's user (harness.cgroups), as systemd's
+    # Delegate=yes gives the unit's: the agent is moved into it once started.
+    cgroup: Path | None = None
 
     def start(self, venv: Path, env: dict[str, str] | None = None) -> None:
         self.stopped = False
@@ -72,6 +75,9 @@ class AgentProcess:
             user=account.pw_uid, group=account.pw_gid, extra_groups=[], cwd="/",
             env={"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", **(env or {})})
         logfile.close()
+        if self.cgroup is not None:
+            # Before the agent forks anything: Python takes far longer to start.
+            (self.cgroup / "cgroup.procs").write_text(str(self.proc.pid))
 
     def kill9(self) -> None:
         """SIGKILL the agent (a crash, a power cut of the agent alone)."""
@@ -106,6 +112,10 @@ ROLE_LIMIT_DEFAULTS: dict[str, object] = {
     "builder_build_max_disk_mb": 8192,
     "builder_build_max_log_mb": 16,
     "builder_min_free_disk_mb": 1024,
+    # The role's default is restricted; a test that wants it loads a firewall
+    # rule of its own for its build user (harness.buildnet).
+    "builder_build_network": "open",
+    "builder_build_proxy_port": 8888,
 }
 
 

@@ -82,7 +82,7 @@ class Agent:
         self._wake_r: int | None = None
         self.sandbox = Sandbox(cfg.build_user, cfg.work_dir, cfg.python, cfg.index_url,
                                cfg.extra_index_urls, cfg.build_timeout, cfg.ca_bundle,
-                               limits=cfg.build_limits())
+                               limits=cfg.build_limits(), proxy=cfg.build_proxy)
         self.notifier = Notifier()
         self.drain_deadline: float | None = None  # monotonic time the drain ends
         self.claims_paused_for_disk = False
@@ -205,6 +205,13 @@ class Agent:
 
     def run(self) -> None:
         self.cfg.work_dir.mkdir(parents=True, exist_ok=True)
+        # The builds' cgroup (if delegated) and network confinement (if configured).
+        self.sandbox.use_cgroup()
+        try:
+            self.sandbox.check_network()
+        except RuntimeError as exc:
+            log.error("%s", exc)
+            raise SystemExit(f"pinwheel agent: {exc}") from None
         # A crashed predecessor's leftovers: its build's processes and trees
         # (its outboxes are delivered or wiped once the database is reached).
         self.sandbox.wipe_leftovers()

@@ -93,6 +93,10 @@ class AgentConfig:
     min_free_disk_mb: int = 1024
     # Seconds a SIGTERM'd agent may spend finishing its job before handing it back
     drain_seconds: int = 3900
+    # "restricted": builds reach the network only through build_proxy (a firewall rule of the
+    # builder role confines the build user; the agent checks it); "open": anywhere
+    build_network: str = "open"
+    build_proxy: str = ""          # http://127.0.0.1:8888: the proxy builds go through
 
     @classmethod
     def load(cls, path: str | Path) -> AgentConfig:
@@ -101,6 +105,14 @@ class AgentConfig:
         if not p.has_section(s):
             raise ConfigError(f"{path}: missing [agent] section")
         extras = p.get(s, "extra_index_urls", fallback="").split()
+        network = p.get(s, "build_network", fallback="open").strip() or "open"
+        proxy = p.get(s, "build_proxy", fallback="").strip()
+        if network not in ("open", "restricted"):
+            raise ConfigError(f"{path}: [agent] build_network must be open or restricted, "
+                              f"not {network!r}")
+        if network == "restricted" and not proxy.startswith("http://"):
+            raise ConfigError(f"{path}: [agent] build_network = restricted needs build_proxy, "
+                              f"the proxy builds go through (http://host:port), not {proxy!r}")
         return cls(
             dsn=_get(p, s, "dsn", path),
             build_user=_get(p, s, "build_user", path),
@@ -126,6 +138,8 @@ class AgentConfig:
             build_max_log_mb=_count(p, s, "build_max_log_mb", path, 16),
             min_free_disk_mb=_count(p, s, "min_free_disk_mb", path, 1024),
             drain_seconds=_count(p, s, "drain_seconds", path, 3900),
+            build_network=network,
+            build_proxy=proxy if network == "restricted" else "",
         )
 
     def build_limits(self) -> BuildLimits:

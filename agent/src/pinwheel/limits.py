@@ -7,9 +7,9 @@ starts inherits them. What no rlimit covers is watched by the agent while the
 build runs: the total size of the build's tree, and the free space left on the
 work directory's file system.
 
-* memory: ``RLIMIT_AS`` (address space) of each process. A cgroup would cap the
-  whole tree, but the agent cannot create one (its unit may not touch the cgroup
-  tree, and builds start through sudo), so each process is capped instead.
+* memory: the whole build's, in a cgroup of its own (:mod:`pinwheel.cgroup`)
+  when systemd delegated one to the agent; otherwise ``RLIMIT_AS`` (address
+  space) of each process.
 * processes: ``RLIMIT_NPROC`` counts every process of the build user, which
   belongs to this agent alone, so it caps the whole build (a fork bomb stops at
   the limit, and the kill switch still ends it: see ``Sandbox``).
@@ -39,11 +39,13 @@ class BuildLimits:
     max_disk_mb: int = 8192      # total size of the build's tree
     max_log_mb: int = 16         # the build's log; the rest is cut out, with a marker
     min_free_mb: int = 512       # stop the build when its file system has less free
+    # memory_mb is the whole build's, enforced by its cgroup (no RLIMIT_AS then)
+    memory_in_cgroup: bool = False
 
     def prlimit_command(self) -> list[str]:
         """``prlimit`` options that apply the per-process limits, ending with ``--``."""
         args = [PRLIMIT, "--core=0"]
-        if self.memory_mb > 0:
+        if self.memory_mb > 0 and not self.memory_in_cgroup:
             args.append(f"--as={self.memory_mb * MIB}")
         if self.max_processes > 0:
             args.append(f"--nproc={self.max_processes}")
@@ -55,8 +57,9 @@ class BuildLimits:
         """One line for the build's log: what this build may use."""
         def cap(value: int, unit: str) -> str:
             return f"{value}{unit}" if value > 0 else "unlimited"
-        return (f"limits: {self.timeout}s wall time, memory {cap(self.memory_mb, ' MiB')} per "
-                f"process, {cap(self.max_processes, '')} processes, files up to "
+        scope = "for the whole build (cgroup)" if self.memory_in_cgroup else "per process"
+        return (f"limits: {self.timeout}s wall time, memory {cap(self.memory_mb, ' MiB')} "
+                f"{scope}, {cap(self.max_processes, '')} processes, files up to "
                 f"{cap(self.max_file_mb, ' MiB')}, tree up to {cap(self.max_disk_mb, ' MiB')}, "
                 f"log up to {cap(self.max_log_mb, ' MiB')}")
 

@@ -16,6 +16,14 @@ background; then the tree is wiped, and whatever the build user left in
 ``/tmp``, ``/var/tmp`` and ``/dev/shm`` deleted. One build user per agent:
 never share it between agents.
 
+Where systemd delegated a cgroup to the agent, each build runs in a cgroup of
+its own (:mod:`pinwheel.cgroup`): memory and processes are limited for the
+whole tree, and one write to ``cgroup.kill`` ends it. With a restricted
+network (``build_network = restricted``), a firewall rule of the builder role
+lets the build user reach nothing but a local proxy, which lets through only
+requests to the indexes; the build finds it in ``http_proxy``/``https_proxy``.
+The agent checks at start that the rule is in force.
+
 Wheels are copied out of the tree into the agent's outbox only if they are
 regular files (never through a symlink a hostile build planted).
 """
@@ -38,6 +46,7 @@ from typing import Callable
 from urllib.parse import urlsplit
 
 from .buildlog import CappedLog
+from .cgroup import BuildCgroup, NoCgroup
 from .limits import MIB, BuildLimits, free_mb, tree_size_mb
 
 log = logging.getLogger("pinwheel.sandbox")
@@ -137,6 +146,24 @@ print(alive(), 'processes survive')
 sys.exit(1)
 """
 KILL_PYTHON = "/usr/bin/python3"
+# Run as the build user: can it open a TCP connection outside the proxy?
+# The builder role's firewall rejects it (admin-prohibited: EHOSTUNREACH, or
+# EACCES/EPERM); a refused or accepted connection means packets got through.
+_NET_PROBE = """
+import errno, socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+s.settimeout(5)
+try:
+    s.connect((sys.argv[1], int(sys.argv[2])))
+except OSError as exc:
+    confined = exc.errno in (errno.EHOSTUNREACH, errno.EACCES, errno.EPERM, errno.ENETUNREACH)
+    print("blocked" if confined else "reached", exc.errno and errno.errorcode.get(exc.errno), exc)
+    sys.exit(0 if confined else 1)
+print("reached: connected")
+sys.exit(1)
+"""
+# Where the probe tries to connect: a local port no proxy listens on.
+NET_PROBE_ADDRESS = ("127.0.0.1", 9)
 # World-writable places a build may have written to outside its tree; what the
 # build user left there is deleted after every build. (On a provisioned
 # builder, the unit's PrivateTmp makes /tmp and /var/tmp the agent's own.)
@@ -150,7 +177,7 @@ class Sandbox:
 
     def __init__(self, build_user: str, work_dir: Path, python: str, index_url: str,
                  extra_index_urls: list[str], timeout: int, ca_bundle: str = "",
-                 limits: BuildLimits | None = None) -> None:
+                 limits: BuildLimits | None = None, proxy: str = "") -> None:
         self.build_user = build_user
         self.work_dir = work_dir
         self.python = python
@@ -158,10 +185,55 @@ class Sandbox:
         self.extra_index_urls = extra_index_urls
         self.limits = replace(limits or BuildLimits(), timeout=timeout)
         self.ca_bundle = ca_bundle
+        self.proxy = proxy                      # http://host:port every build goes through
+        self.cgroup: BuildCgroup | None = None  # see use_cgroup()
 
     @property
     def timeout(self) -> int:
         return self.limits.timeout
+
+    # ----------------------------------------------------------- confinement
+
+    def use_cgroup(self, base: Path | None = None) -> bool:
+        """Run builds in a cgroup of their own, if one can be made; says which in the log.
+
+        ``base``: the cgroup to make it in (default: the agent's own, which
+        systemd delegates to it). Without one, memory stays limited per process.
+        """
+        lim = self.limits
+        try:
+            self.cgroup = BuildCgroup.setup(lim.memory_mb, lim.max_processes, base)
+        except NoCgroup as exc:
+            log.warning("no cgroup for the builds (%s): memory is limited per process "
+                        "(RLIMIT_AS) and the build's processes are ended by kill rounds", exc)
+            return False
+        self.limits = replace(lim, memory_in_cgroup=self.cgroup.limits_memory)
+        if lim.memory_mb > 0 and not self.cgroup.limits_memory:
+            log.warning("%s: memory is limited per process (RLIMIT_AS)", self.cgroup.describe())
+        else:
+            log.info("%s (memory %s for the whole build)", self.cgroup.describe(),
+                     f"{lim.memory_mb} MiB" if lim.memory_mb > 0 else "unlimited")
+        return True
+
+    def network_probe(self) -> tuple[bool, str]:
+        """(confined, what was seen): may the build user open a connection past the proxy?"""
+        host, port = NET_PROBE_ADDRESS
+        proc = self._run_quietly(self._as_build_user(KILL_PYTHON, "-I", "-S", "-c", _NET_PROBE,
+                                                     host, str(port)), 30)
+        return proc.returncode == 0, (proc.stdout + proc.stderr).strip()[-300:]
+
+    def check_network(self) -> None:
+        """Refuse to build (RuntimeError) when the proxy is set but the firewall is not there."""
+        if not self.proxy:
+            return
+        confined, seen = self.network_probe()
+        if not confined:
+            raise RuntimeError(
+                f"build_network is restricted, but {self.build_user} can open connections "
+                f"that do not go through the proxy (a test connection to "
+                f"{NET_PROBE_ADDRESS[0]}:{NET_PROBE_ADDRESS[1]}: {seen}); load the firewall "
+                "rule (systemctl start pinwheel-build-firewall) or set build_network = open")
+        log.info("builds reach the network only through the proxy %s", self.proxy)
 
     # ------------------------------------------------------------ commands
 
@@ -188,6 +260,9 @@ class Sandbox:
         if self.ca_bundle:
             pip += ["--cert", self.ca_bundle]
             env.append(f"PIP_CERT={self.ca_bundle}")
+        if self.proxy:
+            env += [f"{name}={self.proxy}"
+                    for name in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY")]
         pip += ["-w", str(tree / "out")]
         return self._as_build_user(*self.limits.prlimit_command(), "/usr/bin/env", "-i",
                                    *env, *pip)
@@ -274,6 +349,8 @@ class Sandbox:
         log_path = outbox / "build.log"
         outbox.mkdir(parents=True, exist_ok=True, mode=0o700)
         cmd = self._pip_command(package, version, tree)
+        cgroup = self.cgroup
+        oom_before = cgroup.oom_kills() if cgroup else 0
         started = datetime.now(timezone.utc)
         t0 = time.monotonic()
         status, reason, code = "failed", "", None
@@ -281,13 +358,15 @@ class Sandbox:
             with open(log_path, "wb") as logfile:
                 os.fchmod(logfile.fileno(), 0o600)
                 logfile.write(header.encode("utf-8", "replace"))
-                logfile.write(f"{self.limits.describe()}\n$ {shlex.join(cmd)}\n\n".encode(
+                where = f"in the cgroup {cgroup.path}\n" if cgroup else ""
+                logfile.write(f"{self.limits.describe()}\n{where}$ {shlex.join(cmd)}\n\n".encode(
                     "utf-8", "replace"))
                 logfile.flush()
                 capped = CappedLog(logfile, self.limits.max_log_mb * MIB)
                 pipe, child_end = os.pipe()
                 try:
-                    proc = subprocess.Popen(cmd, cwd=tree, stdin=subprocess.DEVNULL,
+                    proc = subprocess.Popen(cgroup.enter_command(cmd) if cgroup else cmd,
+                                            cwd=tree, stdin=subprocess.DEVNULL,
                                             stdout=child_end, stderr=child_end,
                                             start_new_session=True)
                 except BaseException:
@@ -301,6 +380,8 @@ class Sandbox:
                 finally:
                     # The build's processes first (the pipe's writers), then what
                     # is left in the pipe, which then reaches its end.
+                    if cgroup:
+                        cgroup.kill()
                     self.kill_build_processes()
                     proc.wait()
                     code = proc.returncode
@@ -308,6 +389,10 @@ class Sandbox:
                     os.close(pipe)
                     capped.close()
                 duration = time.monotonic() - t0
+                if cgroup and cgroup.oom_kills() > oom_before and status != "timeout":
+                    status = "failed"
+                    reason = (f"killed: over its memory limit ({self.limits.memory_mb} MiB for "
+                              "the whole build)")
                 wheels = self._collect(tree / "out", outbox) if status == "success" else []
                 if status == "success" and not wheels:
                     status = "failed"

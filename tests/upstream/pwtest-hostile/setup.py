@@ -3,7 +3,10 @@
 Version 1.0 tries, as the build user, to read the agent's configuration
 (found from the agent's command line) and SSH key, to write outside its build
 directory, to kill the agent, to leave a process running after the build and
-to flood the build's log with 100 MB, then fails. Each attempt prints a line:
+to flood the build's log with 100 MB, to move itself out of its cgroup and,
+when its network is restricted (it has a proxy), to open TCP connections to
+every port listening on the host but its proxy's and to send a DNS query,
+then fails. Each attempt prints a line:
 ``HOSTILE <what>: refused (...)`` or ``HOSTILE-SUCCEEDED <what>: ...``.
 Writing to the shared /tmp succeeds (``HOSTILE-TMP``): the sandbox must delete it.
 
@@ -15,6 +18,7 @@ import glob
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -63,6 +67,70 @@ def write(path):
     return path
 
 
+def listening_ports():
+    """TCP ports listening on any or a loopback IPv4 address (from /proc/net/tcp)."""
+    ports = set()
+    try:
+        with open("/proc/net/tcp") as fh:
+            for line in fh.readlines()[1:]:
+                local, state = line.split()[1], line.split()[3]
+                addr, port = local.split(":")
+                if state == "0A" and addr in ("00000000", "0100007F"):
+                    ports.add(int(port, 16))
+    except OSError:
+        pass
+    return sorted(ports)
+
+
+def connect(port):
+    with socket.create_connection(("127.0.0.1", port), timeout=5):
+        return "connected"
+
+
+def dns_query():
+    server = "127.0.0.1"
+    try:
+        with open("/etc/resolv.conf") as fh:
+            for line in fh:
+                if line.startswith("nameserver") and "." in line:
+                    server = line.split()[1]
+                    break
+    except OSError:
+        pass
+    query = (b"\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00"
+             b"\x07example\x03org\x00\x00\x01\x00\x01")
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.sendto(query, (server, 53))
+    return f"sent to {server}"
+
+
+def network():
+    proxy = os.environ.get("http_proxy", "")
+    proxy_port = int(proxy.rsplit(":", 1)[1].strip("/")) if proxy.count(":") == 2 else None
+    ports = [p for p in listening_ports() if p != proxy_port][:100]
+    say(f"HOSTILE found {len(ports)} listening port(s) besides the proxy {proxy or '(none)'}")
+    for port in ports:
+        attempt(f"connect 127.0.0.1:{port}", lambda p=port: connect(p))
+    attempt("send a DNS query", dns_query)
+
+
+def escape_cgroup():
+    """Move this process out of the build's cgroup, into its parents (the agent's)."""
+    try:
+        with open("/proc/self/cgroup") as fh:
+            path = next(line.split("::", 1)[1].strip() for line in fh if line.startswith("0::"))
+        with open("/proc/self/mountinfo") as fh:
+            mount = next(line.split()[4] for line in fh if " - cgroup2 " in line)
+    except (OSError, StopIteration):
+        say("HOSTILE found no cgroup v2")
+        return
+    say(f"HOSTILE is in the cgroup {path}")
+    parent = Path(mount + path).parent
+    for target in (parent / "agent", parent, Path(mount)):
+        attempt(f"move into cgroup {target}",
+                lambda t=target: (t / "cgroup.procs").write_text(str(os.getpid())))
+
+
 def hostile():
     agents = agent_processes()
     say(f"HOSTILE found {len(agents)} agent process(es)")
@@ -86,6 +154,11 @@ def hostile():
         attempt(f"write {target}", lambda t=target: write(t))
     for outbox in glob.glob(str(work / "outbox" / "*")):
         attempt(f"write into {outbox}", lambda o=outbox: write(o + "/build.log"))
+    if os.environ.get("http_proxy"):
+        network()
+    else:
+        say("HOSTILE sees an open network (no proxy): not probing it")
+    escape_cgroup()
     tmp = "/tmp/pwtest-hostile-was-here"
     write(tmp)
     say(f"HOSTILE-TMP wrote {tmp}")
