@@ -230,18 +230,32 @@ class Watcher:
         etag, modified = row[0] if row else (None, None)
         url = upstream.project_url(self.url, package)
         try:
-            page = upstream.fetch_page(url, etag, modified, self.wcfg.timeout,
-                                       self.cfg.ca_bundle)
-        except upstream.ProjectNotFound:
+            page: upstream.Page | upstream.UpstreamError = upstream.fetch_page(
+                url, etag, modified, self.wcfg.timeout, self.cfg.ca_bundle)
+        except upstream.UpstreamUnavailable:
+            raise  # the whole upstream is unwell: the poll stops and backs off
+        except upstream.UpstreamError as exc:
+            page = exc
+        self.take(package, page, result)
+
+    def take(self, package: str, page: upstream.Page | upstream.UpstreamError,
+             result: PollResult) -> None:
+        """Process one project's fetched page (or the error fetching it), in one transaction.
+
+        The watcher fetches then calls this; ``pinwheel import`` fetches many pages
+        concurrently and calls it for each, so both record a project the same way.
+        """
+        url = upstream.project_url(self.url, package)
+        if isinstance(page, upstream.ProjectNotFound):
             change = self._removed(package)
             if change.events:
                 result.removed += 1
             self._count(change, result)
             return
-        except upstream.UpstreamUnavailable:
-            raise  # the whole upstream is unwell: the poll stops and backs off
-        except upstream.UpstreamError as exc:
-            self._error(package, str(exc), result)
+        if isinstance(page, upstream.UpstreamUnavailable):
+            raise page
+        if isinstance(page, upstream.UpstreamError):
+            self._error(package, str(page), result)
             return
         if page.body is None:
             result.unchanged += 1
