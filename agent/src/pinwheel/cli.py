@@ -422,8 +422,8 @@ def parser() -> argparse.ArgumentParser:
                                        "interruption)")
     im.add_argument("--config", default=MASTER_CONF, help=f"default {MASTER_CONF}")
     im.add_argument("--upstream", help="upstream simple index URL (default: from the config)")
-    im.add_argument("--workers", type=int, default=4,
-                    help="concurrent page fetches (default 4)")
+    im.add_argument("--workers", type=int, default=8,
+                    help="projects fetched and recorded at once (default 8)")
     im.set_defaults(func=cmd_import)
 
     rbd = sub.add_parser("rebuild", help="build releases already built again (after a builder "

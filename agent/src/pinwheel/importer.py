@@ -8,21 +8,20 @@ resumable: killed at any moment and run again, it fetches only the projects
 whose state was not committed, and a project processed twice changes nothing
 the second time (one job per release and target, whatever happens).
 
-Throughput: a few threads fetch pages ahead over kept-alive connections while
-this thread records them; the session commits without waiting for the WAL flush
-(``synchronous_commit = off``: a crash loses at most the last few commits, whole
-projects, which the next run fetches again; nothing is ever half-recorded).
+Throughput: a few workers (threads) each fetch a project over their own
+kept-alive connection and record it on their own database connection, so the
+upstream's latency and the database's work overlap; they commit without
+waiting for the WAL flush (``synchronous_commit = off``: a crash loses at most
+the last few commits, whole projects, which the next run fetches again; nothing
+is ever half-recorded). The main connection holds the watch lock meanwhile.
 """
 
 from __future__ import annotations
 
-import collections
 import logging
 import threading
 import time
-from collections.abc import Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from . import db, upstream, watch
@@ -65,70 +64,97 @@ _DUE_PLAIN = """
      ORDER BY package"""
 
 
-class _Fetcher:
-    """Threads fetching project pages ahead of the recorder, each on its own connection."""
+class _Worker(threading.Thread):
+    """Fetches projects from the shared list and records each on its own connection.
 
-    def __init__(self, cfg: MasterConfig, url: str, workers: int,
+    Several workers run at once: fetching hides the upstream's latency, and the
+    database work (one short transaction per project) runs on several backends.
+    """
+
+    def __init__(self, run: _Run, number: int) -> None:
+        super().__init__(name=f"import-{number}", daemon=True)
+        self.run_ = run
+        self.result = watch.PollResult()
+        self.failure: BaseException | None = None
+
+    def run(self) -> None:
+        shared = self.run_
+        session = upstream.Session(shared.url, shared.cfg.watch.timeout, shared.cfg.ca_bundle)
+        conn = None
+        try:
+            conn = db.connect(shared.cfg.dsn, application_name="pinwheel-import")
+            db.call(conn, "SET synchronous_commit = off")
+            watcher = watch.Watcher(conn, shared.cfg, shared.stop)
+            while not shared.stop.is_set():
+                item = shared.next()
+                if item is None:
+                    return
+                package, etag, modified = item
+                page = self._fetch(session, package, etag, modified)
+                if isinstance(page, upstream.UpstreamUnavailable):
+                    raise page
+                watcher.take(package, page, self.result)
+                self.result.due += 1
+                shared.done(package)
+        except BaseException as exc:  # handed to the main thread, which reports it
+            self.failure = exc
+            shared.stop.set()
+        finally:
+            session.close()
+            if conn is not None:
+                conn.close()
+
+    def _fetch(self, session: upstream.Session, package: str, etag: str | None,
+               modified: str | None) -> upstream.Page | upstream.UpstreamError:
+        shared = self.run_
+        url = upstream.project_url(shared.url, package)
+        failures = 0
+        while True:
+            try:
+                return session.fetch_page(url, etag, modified)
+            except upstream.UpstreamUnavailable as exc:
+                failures += 1
+                if failures >= RETRIES or shared.stop.is_set():
+                    return exc
+                wait = exc.retry_after if isinstance(exc, upstream.RateLimited) else None
+                delay = watch.backoff_delay(failures, shared.cfg.watch.max_backoff_seconds,
+                                            wait)
+                log.warning("%s; retrying in %.1f s", exc, delay)
+                shared.stop.wait(delay)
+            except upstream.UpstreamError as exc:
+                return exc
+
+
+class _Run:
+    """What the workers share: the list of due projects, the count, the stop event."""
+
+    def __init__(self, cfg: MasterConfig, url: str, due: list[tuple[str, str | None, str | None]],
+                 done: int, total: int, progress: Progress | None,
                  stop: threading.Event) -> None:
         self.cfg = cfg
         self.url = url
         self.stop = stop
-        self.local = threading.local()
-        self.sessions: list[upstream.Session] = []
-        self.lock = threading.Lock()
-        self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="import-fetch")
+        self.total = total
+        self.count = done
+        self.progress = progress
+        self.every = max(1, total // 20)
+        self._due = iter(due)
+        self._lock = threading.Lock()
 
-    def _session(self) -> upstream.Session:
-        session = getattr(self.local, "session", None)
-        if session is None:
-            session = upstream.Session(self.url, self.cfg.watch.timeout, self.cfg.ca_bundle)
-            self.local.session = session
-            with self.lock:
-                self.sessions.append(session)
-        return session
+    def next(self) -> tuple[str, str | None, str | None] | None:
+        with self._lock:
+            return next(self._due, None)
 
-    def fetch(self, package: str, etag: str | None,
-              modified: str | None) -> upstream.Page | upstream.UpstreamError:
-        url = upstream.project_url(self.url, package)
-        failures = 0
-        while True:
-            try:
-                return self._session().fetch_page(url, etag, modified)
-            except upstream.UpstreamUnavailable as exc:
-                failures += 1
-                if failures >= RETRIES or self.stop.is_set():
-                    return exc  # the recorder stops the import with this error
-                wait = exc.retry_after if isinstance(exc, upstream.RateLimited) else None
-                delay = watch.backoff_delay(failures, self.cfg.watch.max_backoff_seconds, wait)
-                log.warning("%s; retrying in %.1f s", exc, delay)
-                self.stop.wait(delay)
-            except upstream.UpstreamError as exc:
-                return exc
-
-    def pages(self, due: list[tuple[str, str | None, str | None]],
-              ahead: int) -> Iterator[tuple[str, upstream.Page | upstream.UpstreamError]]:
-        """The pages of ``due`` in order, fetched at most ``ahead`` projects in advance."""
-        window: collections.deque[tuple[str, Future[Any]]] = collections.deque()
-        todo = iter(due)
-        try:
-            for package, etag, modified in todo:
-                window.append((package, self.pool.submit(self.fetch, package, etag, modified)))
-                if len(window) >= ahead:
-                    name, future = window.popleft()
-                    yield name, future.result()
-            while window:
-                name, future = window.popleft()
-                yield name, future.result()
-        finally:
-            self.stop.set()
-            for _, future in window:
-                future.cancel()
-            self.pool.shutdown(wait=True)
-            for session in self.sessions:
-                session.close()
+    def done(self, package: str) -> None:
+        with self._lock:
+            self.count += 1
+            if self.progress is not None:
+                self.progress(self.count, self.total, package)
+            elif self.count % self.every == 0:
+                log.info("imported %d of %d project(s)", self.count, self.total)
 
 
-def run(conn: Any, cfg: MasterConfig, workers: int = 4, progress: Progress | None = None,
+def run(conn: Any, cfg: MasterConfig, workers: int = 8, progress: Progress | None = None,
         stop: threading.Event | None = None) -> ImportResult:
     """Import every project of ``cfg``'s upstream not yet processed; see the module doc."""
     if cfg.watch.mode != "mirror":
@@ -138,11 +164,9 @@ def run(conn: Any, cfg: MasterConfig, workers: int = 4, progress: Progress | Non
             "master_watch_mode: mirror), or let `pinwheel watch --once` record the listed "
             "projects")
     started = time.monotonic()
-    mirror = replace(cfg, watch=replace(cfg.watch, mode="mirror"))
     stop = stop if stop is not None else threading.Event()
-    watcher = watch.Watcher(conn, mirror, stop)
+    watcher = watch.Watcher(conn, cfg, stop)
     watcher.lock()  # one of `pinwheel watch` and `pinwheel import` at a time
-    db.call(conn, "SET synchronous_commit = off")
     watcher.flush_pages()
     serials = watcher._list_due()
     listed = db.call(conn, "SELECT count(*) FROM watch_projects WHERE listed")[0][0]
@@ -151,25 +175,30 @@ def run(conn: Any, cfg: MasterConfig, workers: int = 4, progress: Progress | Non
     total = result.before + len(due)
     log.info("upstream %s lists %d project(s); %d already imported, %d to fetch",
              watcher.url, listed, result.before, len(due))
-    fetcher = _Fetcher(mirror, watcher.url, max(1, workers), threading.Event())
-    done = result.before
-    every = max(1, total // 20)
-    for package, page in fetcher.pages(due, ahead=max(8, workers * 8)):
-        if stop.is_set():
-            break
-        if isinstance(page, upstream.UpstreamUnavailable):
-            raise upstream.UpstreamUnavailable(
-                f"{page}; {done} of {total} project(s) are imported: run `pinwheel import` "
-                "again to go on from there")
-        watcher.take(package, page, result.poll)
-        result.poll.due += 1
-        done += 1
-        if progress is not None:
-            progress(done, total, package)
-        elif done % every == 0:
-            log.info("imported %d of %d project(s)", done, total)
-    if progress is not None and done == result.before:
-        progress(done, total, "")
+    shared = _Run(cfg, watcher.url, due, result.before, total, progress, stop)
+    threads = [_Worker(shared, n) for n in range(max(1, min(workers, len(due))))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for thread in threads:
+        _add(result.poll, thread.result)
+    failure = next((t.failure for t in threads if t.failure is not None), None)
+    if isinstance(failure, upstream.UpstreamUnavailable):
+        raise upstream.UpstreamUnavailable(
+            f"{failure}; {shared.count} of {total} project(s) are imported: run `pinwheel "
+            "import` again to go on from there")
+    if failure is not None:
+        raise failure
+    if progress is not None and not due:
+        progress(total, total, "")
     watcher.flush_pages()
     result.seconds = time.monotonic() - started
     return result
+
+
+def _add(total: watch.PollResult, part: watch.PollResult) -> None:
+    for name in ("due", "fetched", "unchanged", "changed", "removed", "events", "jobs",
+                 "cancelled"):
+        setattr(total, name, getattr(total, name) + getattr(part, name))
+    total.errors.extend(part.errors)
