@@ -57,6 +57,7 @@ class UpstreamFile:
     sha256: str | None
     requires_python: str | None
     yanked: Yanked          # False, True, or the reason (PEP 592)
+    core_metadata: bool = False  # the upstream serves <url>.metadata (PEP 658 / 714)
 
     @property
     def is_sdist(self) -> bool:
@@ -126,9 +127,11 @@ def parse_json(body: bytes, base_url: str, requested: str) -> UpstreamProject:
             url = urllib.parse.urljoin(base_url, f["url"])
             sha = (f.get("hashes") or {}).get("sha256")
             yanked = f.get("yanked", False)
+            metadata = f.get("core-metadata", f.get("data-dist-info-metadata", False))
             files.append(UpstreamFile(f["filename"], url, sha.lower() if sha else None,
                                       f.get("requires-python") or None,
-                                      yanked if isinstance(yanked, (bool, str)) else bool(yanked)))
+                                      yanked if isinstance(yanked, (bool, str)) else bool(yanked),
+                                      bool(metadata)))
         return UpstreamProject(str(data.get("name") or requested), files)
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise UpstreamError(f"{base_url}: malformed PEP 691 JSON ({exc})") from exc
@@ -147,8 +150,9 @@ def parse_html(body: bytes, base_url: str, requested: str) -> UpstreamProject:
         yanked: Yanked = False
         if "data-yanked" in attrs:
             yanked = attrs["data-yanked"] or True
+        metadata = attrs.get("data-core-metadata", attrs.get("data-dist-info-metadata"))
         files.append(UpstreamFile(filename, url, sha, attrs.get("data-requires-python") or None,
-                                  yanked))
+                                  yanked, metadata is not None and metadata != "false"))
     return UpstreamProject(requested, files)
 
 

@@ -39,7 +39,7 @@ import psycopg2
 import psycopg2.extras
 from packaging.version import InvalidVersion, Version
 
-from . import db, index, names, planner, upstream
+from . import db, dependencies, index, names, planner, upstream
 from .config import ConfigError, MasterConfig
 from .ingest import index_options
 from .simple_index import armv6l_alias
@@ -132,6 +132,19 @@ class Watcher:
             if self.stop.is_set():
                 break
             self._one(package, result)
+        if self.wcfg.mode == "allowlist":
+            # Dependencies found during this poll are recorded in it too (transitively).
+            seen = set(due)
+            while not self.stop.is_set():
+                more = [p for p in self._due(False) if p not in seen]
+                if not more:
+                    break
+                seen.update(more)
+                result.due += len(more)
+                for package in more:
+                    if self.stop.is_set():
+                        break
+                    self._one(package, result)
         self.flush_pages()
         return result
 
@@ -198,14 +211,24 @@ class Watcher:
                 wanted.append(names.normalise(name))
             else:
                 log.warning("ignoring %r in the watch allowlist: not a valid project name", name)
+        wanted = sorted(set(wanted))
         with db.transaction(self.conn) as cur:
             self._state(cur)
             cur.execute("UPDATE watch_state SET polled_at = now()")
-            cur.execute("UPDATE watch_projects SET listed = (package = ANY(%s))",
-                        (sorted(set(wanted)),))
-            for package in sorted(set(wanted)):
+            for package in wanted:
                 cur.execute("INSERT INTO watch_projects (package, listed) VALUES (%s, true) "
-                            "ON CONFLICT (package) DO NOTHING", (package,))
+                            "ON CONFLICT (package) DO UPDATE SET dependency_of = NULL",
+                            (package,))
+            # Listed: the allowlist, and the dependencies of what is listed (transitively).
+            cur.execute("""WITH RECURSIVE keep(package) AS (
+                               SELECT unnest(%s::text[])
+                               UNION
+                               SELECT w.package FROM watch_projects w
+                                 JOIN keep k ON w.dependency_of = k.package)
+                           UPDATE watch_projects w SET listed = (w.package IN (SELECT package
+                                                                                 FROM keep))
+                            WHERE w.listed <> (w.package IN (SELECT package FROM keep))""",
+                        (wanted,))
         return False
 
     def _due(self, serials: bool) -> list[str]:
@@ -292,6 +315,39 @@ class Watcher:
         if change.events:
             result.changed += 1
         self._count(change, result)
+        if self.wcfg.mode == "allowlist":
+            self._add_dependencies(package, proj)
+
+    def _add_dependencies(self, package: str, proj: upstream.UpstreamProject) -> None:
+        """Allowlist mode: follow the runtime dependencies of the newest release too."""
+        releases = planner.releases_of(proj)
+        version = newest_release(releases)
+        if version is None:
+            return
+        source = dependencies.metadata_file(releases[version])
+        if source is None:
+            log.info("%s %s: the upstream offers no core metadata (PEP 658); its dependencies "
+                     "are not followed", package, version)
+            return
+        try:
+            requires = dependencies.read_requires(source, self.wcfg.timeout, self.cfg.ca_bundle)
+        except upstream.UpstreamError as exc:
+            log.warning("%s %s: dependencies not followed: %s", package, version, exc)
+            return
+        targets = db.call(self.conn, "SELECT abi, platform FROM targets "
+                                     "WHERE skip_reason IS NULL ORDER BY abi, platform")
+        needed = dependencies.runtime_dependencies(
+            requires, dependencies.environments([(r[0], r[1]) for r in targets])) - {package}
+        with db.transaction(self.conn) as cur:
+            for dep in sorted(needed):
+                cur.execute("""INSERT INTO watch_projects (package, listed, dependency_of)
+                               VALUES (%s, true, %s)
+                               ON CONFLICT (package) DO UPDATE
+                                  SET listed = true, dependency_of = EXCLUDED.dependency_of
+                                WHERE NOT watch_projects.listed
+                               RETURNING package""", (dep, package))
+                if cur.fetchone() is not None:
+                    log.info("%s: added as a dependency of %s %s", dep, package, version)
 
     def _count(self, change: _Change, result: PollResult) -> None:
         result.events += len(change.events)

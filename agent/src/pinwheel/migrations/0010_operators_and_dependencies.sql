@@ -1,5 +1,5 @@
 -- Pinwheel schema: operators rebuilding and removing releases
--- (`pinwheel rebuild`, `pinwheel remove`).
+-- (`pinwheel rebuild`, `pinwheel remove`), and the allowlist's dependencies.
 --
 -- * operator_actions: what an operator did to a project or a release, with the
 --   reason given and the database role that did it; one row per command.
@@ -8,6 +8,9 @@
 --   earlier build of it published (the old files' rows become 'removed', the new
 --   ones are published under the same or new names); the ingest deletes the row
 --   when that build is ingested, whatever its outcome.
+-- * watch_projects.dependency_of: in allowlist mode, the project whose runtime
+--   dependencies (Requires-Dist of its newest release) brought this one in; it
+--   is followed as long as that project is.
 -- Depends only on migrations 1 to 6.
 SET LOCAL search_path = pinwheel, pg_temp;
 
@@ -37,6 +40,10 @@ CREATE TABLE rebuilds (
 );
 COMMENT ON TABLE rebuilds IS
     'Release targets an operator asked to rebuild: their next build replaces the published files';
+
+ALTER TABLE watch_projects ADD COLUMN dependency_of text;
+COMMENT ON COLUMN watch_projects.dependency_of IS
+    'allowlist mode: added as a dependency of this project (NULL: listed by the operator)';
 
 REVOKE ALL ON operator_actions, rebuilds FROM PUBLIC;
 GRANT SELECT, INSERT, UPDATE, DELETE ON operator_actions, rebuilds TO pinwheel_master;
