@@ -268,6 +268,10 @@ def cmd_import(args: argparse.Namespace) -> int:
     if args.workers < 1:
         print("pinwheel import: --workers must be at least 1", file=sys.stderr)
         return 2
+    if not args.verbose:
+        # One line per new release is the watcher's log; for a whole upstream, the progress
+        # (bar, or a line every 5 %) says more.
+        logging.getLogger("pinwheel.watch").setLevel(logging.WARNING)
     conn = db.connect(cfg.dsn, application_name="pinwheel-import")
     try:
         result = importer.run(conn, cfg, args.workers, progress=_progress_bar(sys.stderr))
