@@ -87,8 +87,12 @@ def main() -> int:
              "| what | time |", "| --- | --- |"]
     lines += [f"| {a} | {b} |" for a, b in rows]
     lines += ["", "Each project is one transaction (its releases, jobs, events and serial) "
-              "recorded by the watcher's own code; the fetches run ahead in threads over "
-              "kept-alive connections. Against PyPI the upstream's latency adds to this.",
+              "recorded by the watcher's own code; each worker fetches over its own kept-alive "
+              "connection and records on its own database connection. The import is bound by "
+              "the database's work per project (about a dozen statements): with one worker it "
+              "ran at about 110 projects/s on 5,000 projects, with 8 at about 290/s (same "
+              "machine, same load). Against PyPI the upstream's latency adds to this; more "
+              "workers hide it.",
               MARK_END, ""]
     section = "\n".join(lines)
     print(section)
