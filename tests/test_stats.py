@@ -583,3 +583,45 @@ def test_stats_window_covers_every_day_even_without_data(farm):
         assert days[-1].day - days[0].day == timedelta(days=6)
     finally:
         conn.close()
+
+
+# ------------------------------------------------------------- the timer's units
+
+def test_the_stats_units_render_with_and_without_metrics():
+    from harness.templates import render_role_template
+    common = {"master_user": "pinwheel", "pinwheel_group": "pinwheel",
+              "master_pinwheel_command": "/opt/pinwheel/bin/pinwheel",
+              "__master_conf_file": "/etc/pinwheel/master.conf",
+              "master_www_root": "/var/www/pinwheel", "master_stats_interval": "5min",
+              "master_stats_days": 30}
+    textfile = "/var/lib/prometheus/node-exporter/pinwheel.prom"
+    with_metrics = render_role_template(
+        "master", "pinwheel-stats.service.j2", master_stats_metrics_textfile=textfile,
+        __master_stats_metrics_dir="/var/lib/prometheus/node-exporter", **common)
+    execs = [line for line in with_metrics.splitlines() if line.startswith("ExecStart=")]
+    assert execs == [
+        "ExecStart=/opt/pinwheel/bin/pinwheel stats render --config /etc/pinwheel/master.conf "
+        "--days 30",
+        f"ExecStart=/opt/pinwheel/bin/pinwheel metrics --config /etc/pinwheel/master.conf "
+        f"--textfile {textfile}"]
+    assert ("ReadWritePaths=/var/www/pinwheel/stats /var/www/pinwheel/builders "
+            "/var/lib/prometheus/node-exporter\n") in with_metrics
+    assert "Type=oneshot" in with_metrics and "UMask=0022" in with_metrics
+    without = render_role_template("master", "pinwheel-stats.service.j2",
+                                   master_stats_metrics_textfile="",
+                                   __master_stats_metrics_dir=".", **common)
+    assert "metrics" not in "".join(line for line in without.splitlines()
+                                    if line.startswith("ExecStart="))
+    assert "ReadWritePaths=/var/www/pinwheel/stats /var/www/pinwheel/builders\n" in without
+    # The same sandbox as the master's long-running services.
+    watch = render_role_template(
+        "master", "pinwheel-watch.service.j2", master_upstream_url="https://pypi.org/simple/",
+        master_watch_mode="allowlist", **common)
+
+    def sandbox(text: str) -> set[str]:
+        return {line for line in text.splitlines() if line.startswith((
+            "Protect", "Private", "NoNew", "Capab", "Restrict", "Lock", "SystemCall"))}
+    assert sandbox(with_metrics) == sandbox(watch)
+    timer = render_role_template("master", "pinwheel-stats.timer.j2", **common)
+    assert "OnUnitActiveSec=5min\n" in timer and "Unit=pinwheel-stats.service\n" in timer
+    assert "WantedBy=timers.target" in timer
