@@ -119,8 +119,9 @@ def _days(conn: Any, sql: str, days: int) -> list[tuple[Any, ...]]:
     return db.call(conn, f"""
         WITH span AS (
             SELECT d::date AS d
-              FROM generate_series((now() AT TIME ZONE 'UTC')::date - (%s - 1),
-                                   (now() AT TIME ZONE 'UTC')::date, interval '1 day') AS d)
+              FROM generate_series(((now() AT TIME ZONE 'UTC')::date - (%s - 1))::timestamp,
+                                   (now() AT TIME ZONE 'UTC')::date::timestamp,
+                                   interval '1 day') AS d)
         {sql}""", (days,))
 
 
@@ -187,11 +188,12 @@ def builders(conn: Any) -> list[BuilderRow]:
         SELECT b.builder, b.abi, b.platform, b.os_release, b.python_version, b.paused,
                b.last_seen, j.package || ' ' || j.version,
                extract(epoch FROM now() - j.claimed_at)::float8,
-               (SELECT count(*) FROM builds x WHERE x.builder = b.builder
-                   AND x.finished_at >= (now() AT TIME ZONE 'UTC')::date::timestamp
-                                        AT TIME ZONE 'UTC'),
-               b.disk_free_mb, b.disk_reported_at
+               coalesce(today.n, 0), b.disk_free_mb, b.disk_reported_at
           FROM builders b
+          LEFT JOIN (SELECT x.builder, count(*) AS n FROM builds x
+                      WHERE x.finished_at >= (now() AT TIME ZONE 'UTC')::date::timestamp
+                                             AT TIME ZONE 'UTC'
+                      GROUP BY x.builder) today ON today.builder = b.builder
           LEFT JOIN LATERAL (SELECT * FROM jobs j WHERE j.builder = b.builder
                                 AND j.state = 'leased' ORDER BY j.claimed_at LIMIT 1) j ON true
          ORDER BY b.builder""")

@@ -1,5 +1,9 @@
--- Pinwheel schema: builders report the free disk space of their work directory
--- (issue 7: the /builders/ page, `pinwheel status`, the metrics).
+-- Pinwheel schema: builders report the free disk space of their work directory,
+-- and builds are indexed by finish time (issue 7: the /stats/ and /builders/
+-- pages, `pinwheel status`, the metrics).
+--
+-- builds_finished_at: the stats read builds by finish time (per day, the last
+-- hour per target, today per builder, recent failures).
 --
 -- builder_ping(p_disk_free_mb) is the idle ping with a measurement: the agent
 -- calls it about once a minute, idle or building. The value comes from a
@@ -29,6 +33,8 @@ BEGIN
 END $$;
 COMMENT ON FUNCTION builder_ping(bigint) IS
     'A builder says it is alive and how much disk it has free; returns whether it is paused';
+
+CREATE INDEX builds_finished_at ON builds (finished_at);
 
 REVOKE ALL ON FUNCTION builder_ping(bigint) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION builder_ping(bigint) TO pinwheel_builders;
