@@ -10,6 +10,10 @@ pending build, in one transaction holding the build row
   copied to ``www_root/packages/<package>/`` with its METADATA beside it
   (PEP 658) and its files row marked published; a refused one is marked
   quarantined with the reason;
+* a published wheel that fits other build targets (pure, or abi3), and whose
+  content the master checked fits its tags (``coverage``), cancels the
+  release's queued jobs on those targets (``cover_jobs``): only a verified
+  wheel does, never the builder's report;
 * the log is verified and published as ``www_root/logs/<build_id>.log.gz``,
   or refused with ``builds.log_reason``;
 * the build is marked ``ingest_state = 'done'``.
@@ -39,7 +43,7 @@ from typing import Any
 
 import psycopg2
 
-from . import aptdeps, db, fsutil, index
+from . import aptdeps, coverage, db, fsutil, index, new_targets
 from .config import MasterConfig
 from .schema import ROLE_NAME_RE
 from .verify import (
@@ -102,6 +106,7 @@ class _Outcome:
     published: list[str] = field(default_factory=list)
     after_commit: list[Callable[[], None]] = field(default_factory=list)
     new_project: bool = False
+    has_pages: bool = False
 
 
 class _Unpublishable(Exception):
@@ -259,6 +264,25 @@ def _check_libraries(cur: Any, file_id: int, build: PendingBuild, wheel: Verifie
                 wheel.filename, reason)
 
 
+def _cover(cur: Any, file_id: int, build: PendingBuild, wheel: VerifiedWheel) -> None:
+    """Record whether a published wheel serves other targets; if so, cancel their queued
+    jobs of this release (``cover_jobs``: each one recorded in plan_events)."""
+    found = coverage.assess(wheel)
+    reason = _clean(found.refused) if found.refused else None
+    cur.execute("UPDATE files SET covers = %s, covers_refused = %s WHERE file_id = %s",
+                (found.covers, reason, file_id))
+    if reason:
+        log.warning("builder %s, build %s: %s is built for its own target only: %s",
+                    build.builder, build.build_id, wheel.filename, reason)
+    if not found.covers:
+        return
+    cur.execute("SELECT cover_jobs(%s)", (file_id,))
+    cancelled = int(cur.fetchone()[0])
+    if cancelled:
+        log.info("%s covers other targets: %d queued job(s) of %s %s cancelled",
+                 wheel.filename, cancelled, build.package, build.version)
+
+
 def _clean(reason: str) -> str:
     """A reason PostgreSQL can store (no NUL) and a log can show, of bounded length."""
     return reason.replace("\x00", "\\x00")[:MAX_REASON]
@@ -313,6 +337,7 @@ def _ingest_wheel(cur: Any, cfg: MasterConfig, build: PendingBuild,
         return
     _mark_published(cur, file_id, build, wheel)
     _check_libraries(cur, file_id, build, wheel)
+    _cover(cur, file_id, build, wheel)
     outcome.published.append(filename)
     log.info("published %s (builder %s, build %s)", filename, build.builder, build.build_id)
     _after(outcome, f"remove {src_dir / filename}",
@@ -384,6 +409,9 @@ def _ingest_build(cur: Any, cfg: MasterConfig, build: PendingBuild) -> _Outcome:
     cur.execute("UPDATE builds SET ingest_state = 'done', ingested_at = now() "
                 "WHERE build_id = %s", (build.build_id,))
     outcome.new_project = first_files and bool(outcome.published)
+    # The project's page shows every build's state: rewrite it for a refused or failed
+    # build too, once the project has pages (one with no published file has none).
+    outcome.has_pages = bool(outcome.published) or not first_files
     return outcome
 
 
@@ -422,7 +450,7 @@ def _one_build(conn: Any, cfg: MasterConfig, state: IngestState) -> PendingBuild
         return build
     for action in outcome.after_commit:
         action()
-    if outcome.published:
+    if outcome.has_pages:
         state.dirty_projects.add(build.package)
     state.root_dirty = state.root_dirty or outcome.new_project
     return build
@@ -535,6 +563,7 @@ def _run(conn: Any, cfg: MasterConfig, stop: threading.Event, poll_seconds: floa
     while not stop.is_set():
         if time.monotonic() >= next_janitor:
             requeue_expired(conn)
+            new_targets.plan_new_targets(conn, cfg.watch)
             next_janitor = time.monotonic() + janitor_seconds
         conn.notifies.clear()
         n = process_pending(conn, cfg, state)
@@ -574,7 +603,8 @@ def serve(cfg: MasterConfig, stop: threading.Event | None = None, poll_seconds: 
     """Run the ingest service until ``stop`` is set (forever without one).
 
     Ingests at start, on every ``pinwheel_ingest`` NOTIFY and at least every
-    ``poll_seconds``; returns expired leases to the queue every
+    ``poll_seconds``; returns expired leases to the queue and plans the
+    catalogue for new build targets (``new_targets``) every
     ``janitor_seconds``. When the database goes away it reconnects, waiting
     an exponential backoff (with jitter, at most ``max_backoff`` seconds)
     that resets once a connection has completed a round of work.
