@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from test_verify import make_wheel
 
-from pinwheel import db, ingest, new_targets, skips
+from pinwheel import coverage, db, ingest, new_targets, skips
 from pinwheel.config import MasterConfig, WatchConfig
 from pinwheel.queue import BuilderQueue, Job, ReportedFile
 from pinwheel.schema import BUILDER_GROUP, MASTER_GROUP
@@ -203,6 +203,29 @@ def test_a_pure_wheel_the_ingest_quarantines_cancels_nothing(farm):
     assert farm.admin("SELECT state, covers FROM files") == [("quarantined", None)]
     assert farm.jobs() == {("1.0", ARM): "queued"}
     assert farm.plan("foo", "1.0") == 0 and farm.jobs() == {("1.0", ARM): "queued"}
+
+
+def test_wheels_published_before_planning_are_looked_at_once_from_the_published_copy(farm):
+    for target in (X86, ARM):
+        farm.builder(target)
+    farm.release("foo", "1.0")
+    farm.plan("foo", "1.0")
+    farm.release("bar", "1.0")
+    farm.plan("bar", "1.0")
+    farm.build(X86, "py3-none-any")
+    farm.build(X86, "py3-none-any", package="bar", version="1.0")
+    farm.ingest()
+    # As if published by an older Pinwheel: never looked at, and the other target queued.
+    farm.admin("UPDATE files SET covers = NULL")
+    farm.admin("DELETE FROM plan_events")
+    assert farm.plan("foo", "1.0") == 1 and farm.plan("bar", "1.0") == 1
+    # bar's published copy went missing: it is not trusted to cover anything.
+    (farm.cfg.www_root / "packages" / "bar" / "bar-1.0-py3-none-any.whl").unlink()
+    assert coverage.assess_published(farm.master, farm.cfg) == {"foo"}
+    assert farm.admin("SELECT package, covers, covers_refused IS NULL FROM files "
+                      "ORDER BY 1") == [("bar", False, False), ("foo", True, True)]
+    assert farm.jobs("foo") == {} and farm.jobs("bar") == {("1.0", ARM): "queued"}
+    assert coverage.assess_published(farm.master, farm.cfg) == set(), "once"
 
 
 # ------------------------------------------------------------------ stable ABI

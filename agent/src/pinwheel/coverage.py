@@ -10,15 +10,24 @@ other targets' builds, the master looks inside it: a wheel tagged for any
 platform must hold no compiled code, and no covering wheel may hold an
 extension module built for one Python version (``*.cpython-311-*.so``). Only
 the ingest calls this, after ``verify_wheel`` passed, so nothing a builder
-reports cancels another target's build by itself.
+reports cancels another target's build by itself. Wheels published before
+migration 8 (``files.covers`` NULL) are looked at once, from the master's
+published copy, by :func:`assess_published`.
 """
 
 from __future__ import annotations
 
+import logging
 import re
 from dataclasses import dataclass
+from typing import Any
 
-from .verify import VerifiedWheel
+from . import db
+from .config import MasterConfig
+from .verify import Rejected, VerifiedWheel, verify_wheel
+
+log = logging.getLogger("pinwheel.coverage")
+MAX_REASON = 2000
 
 # An extension module tied to one interpreter version (PEP 3149 / importlib suffixes).
 _VERSIONED_EXTENSION_RE = re.compile(r"\.(cpython-\d+|cp3\d+|pypy\d+)[^/]*\.(so|pyd)$")
@@ -50,3 +59,67 @@ def assess(wheel: VerifiedWheel) -> Coverage:
         return Coverage(False, f"tagged {tag} but holds extension modules for one Python "
                                f"version: {_shown(versioned)}; each target builds its own")
     return Coverage(True, None)
+
+
+def record(cur: Any, file_id: int, wheel: VerifiedWheel, who: str) -> Coverage:
+    """Store ``assess``'s verdict on a published file and, if it covers, cancel the queued
+    jobs of its release on the targets it covers (``cover_jobs``, each recorded in
+    plan_events). Returns the verdict. In the caller's transaction."""
+    found = assess(wheel)
+    reason = found.refused.replace("\x00", "")[:MAX_REASON] if found.refused else None
+    cur.execute("UPDATE files SET covers = %s, covers_refused = %s WHERE file_id = %s",
+                (found.covers, reason, file_id))
+    if reason:
+        log.warning("%s: %s is built for its own target only: %s", who, wheel.filename, reason)
+    if not found.covers:
+        return found
+    cur.execute("SELECT cover_jobs(%s)", (file_id,))
+    cancelled = int(cur.fetchone()[0])
+    if cancelled:
+        log.info("%s covers other targets: %d queued job(s) of %s %s cancelled",
+                 wheel.filename, cancelled, wheel.package, wheel.version)
+    return found
+
+
+# Published files never looked at (before migration 8), oldest first.
+_UNASSESSED = """
+    SELECT f.file_id, f.filename, f.size, f.sha256, f.package, f.version, f.abi_tag,
+           b.abi, b.platform, b.build_id
+      FROM files f JOIN builds b ON b.build_id = f.build_id
+     WHERE f.state = 'published' AND f.covers IS NULL
+     ORDER BY f.file_id
+     LIMIT %s
+       FOR UPDATE OF f SKIP LOCKED
+"""
+
+
+def assess_published(conn: Any, cfg: MasterConfig, batch: int = 100) -> set[str]:
+    """Look once at wheels published before migration 8, from the master's own copies in
+    ``www_root/packages`` (verified when they were published, and checked again); returns
+    the projects with a wheel found to cover other targets (their pages need rewriting).
+    An autocommit connection; one transaction per batch."""
+    covering: set[str] = set()
+    while True:
+        with db.transaction(conn) as cur:
+            cur.execute(_UNASSESSED, (batch,))
+            rows = cur.fetchall()
+            for file_id, name, size, sha, package, version, abi_tag, abi, platform, build \
+                    in rows:
+                if not set((abi_tag or "").split(".")) & {"none", "abi3"}:
+                    cur.execute("UPDATE files SET covers = false WHERE file_id = %s",
+                                (file_id,))
+                    continue
+                try:
+                    wheel = verify_wheel(cfg.www_root / "packages" / package, name, size, sha,
+                                         package, version, abi, platform, cfg.max_wheel_size)
+                except Rejected as exc:
+                    cur.execute("UPDATE files SET covers = false, covers_refused = %s "
+                                "WHERE file_id = %s",
+                                (f"the published copy could not be checked: {exc.reason}"
+                                 [:MAX_REASON], file_id))
+                    continue
+                if record(cur, file_id, wheel,
+                          f"build {build} (published before planning)").covers:
+                    covering.add(package)
+        if len(rows) < batch:
+            return covering

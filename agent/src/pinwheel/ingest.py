@@ -267,20 +267,7 @@ def _check_libraries(cur: Any, file_id: int, build: PendingBuild, wheel: Verifie
 def _cover(cur: Any, file_id: int, build: PendingBuild, wheel: VerifiedWheel) -> None:
     """Record whether a published wheel serves other targets; if so, cancel their queued
     jobs of this release (``cover_jobs``: each one recorded in plan_events)."""
-    found = coverage.assess(wheel)
-    reason = _clean(found.refused) if found.refused else None
-    cur.execute("UPDATE files SET covers = %s, covers_refused = %s WHERE file_id = %s",
-                (found.covers, reason, file_id))
-    if reason:
-        log.warning("builder %s, build %s: %s is built for its own target only: %s",
-                    build.builder, build.build_id, wheel.filename, reason)
-    if not found.covers:
-        return
-    cur.execute("SELECT cover_jobs(%s)", (file_id,))
-    cancelled = int(cur.fetchone()[0])
-    if cancelled:
-        log.info("%s covers other targets: %d queued job(s) of %s %s cancelled",
-                 wheel.filename, cancelled, build.package, build.version)
+    coverage.record(cur, file_id, wheel, f"builder {build.builder}, build {build.build_id}")
 
 
 def _clean(reason: str) -> str:
@@ -564,6 +551,7 @@ def _run(conn: Any, cfg: MasterConfig, stop: threading.Event, poll_seconds: floa
         if time.monotonic() >= next_janitor:
             requeue_expired(conn)
             new_targets.plan_new_targets(conn, cfg.watch)
+            state.dirty_projects |= coverage.assess_published(conn, cfg)
             next_janitor = time.monotonic() + janitor_seconds
         conn.notifies.clear()
         n = process_pending(conn, cfg, state)

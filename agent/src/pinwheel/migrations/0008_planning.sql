@@ -5,7 +5,8 @@
 -- * files.covers: the master's ingest verified that this published wheel
 --   serves other targets than its builder's (a pure wheel: no compiled code; a
 --   stable-ABI wheel: no extension module tied to one Python version). NULL:
---   not looked at (published before this migration); false with
+--   not looked at yet (published before this migration: the ingest looks at
+--   the published copy once, pinwheel.coverage.assess_published); false with
 --   covers_refused: tagged to serve several targets, but its content does not
 --   fit the tag. A builder's report is never enough: only the ingest sets it.
 -- * wheel_covers(): whether a wheel's tags install on a target (pip's rules,
@@ -31,6 +32,8 @@ COMMENT ON COLUMN files.covers IS
 COMMENT ON COLUMN files.covers_refused IS
     'Why a wheel tagged for several targets was found to fit only its own';
 CREATE INDEX files_covering ON files (package, version) WHERE state = 'published' AND covers;
+-- Published wheels not looked at yet (before this migration): the ingest looks once.
+CREATE INDEX files_unassessed ON files (file_id) WHERE state = 'published' AND covers IS NULL;
 
 ALTER TABLE targets ADD COLUMN planned_at timestamptz;
 UPDATE targets SET planned_at = added_at;
