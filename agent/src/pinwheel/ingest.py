@@ -264,12 +264,6 @@ def _check_libraries(cur: Any, file_id: int, build: PendingBuild, wheel: Verifie
                 wheel.filename, reason)
 
 
-def _cover(cur: Any, file_id: int, build: PendingBuild, wheel: VerifiedWheel) -> None:
-    """Record whether a published wheel serves other targets; if so, cancel their queued
-    jobs of this release (``cover_jobs``: each one recorded in plan_events)."""
-    coverage.record(cur, file_id, wheel, f"builder {build.builder}, build {build.build_id}")
-
-
 def _clean(reason: str) -> str:
     """A reason PostgreSQL can store (no NUL) and a log can show, of bounded length."""
     return reason.replace("\x00", "\\x00")[:MAX_REASON]
@@ -324,7 +318,8 @@ def _ingest_wheel(cur: Any, cfg: MasterConfig, build: PendingBuild,
         return
     _mark_published(cur, file_id, build, wheel)
     _check_libraries(cur, file_id, build, wheel)
-    _cover(cur, file_id, build, wheel)
+    # Only now, verified and published, may a pure or abi3 wheel cover other targets.
+    coverage.record(cur, file_id, wheel, f"builder {build.builder}, build {build.build_id}")
     outcome.published.append(filename)
     log.info("published %s (builder %s, build %s)", filename, build.builder, build.build_id)
     _after(outcome, f"remove {src_dir / filename}",
@@ -591,11 +586,12 @@ def serve(cfg: MasterConfig, stop: threading.Event | None = None, poll_seconds: 
     """Run the ingest service until ``stop`` is set (forever without one).
 
     Ingests at start, on every ``pinwheel_ingest`` NOTIFY and at least every
-    ``poll_seconds``; returns expired leases to the queue and plans the
-    catalogue for new build targets (``new_targets``) every
-    ``janitor_seconds``. When the database goes away it reconnects, waiting
-    an exponential backoff (with jitter, at most ``max_backoff`` seconds)
-    that resets once a connection has completed a round of work.
+    ``poll_seconds``; every ``janitor_seconds`` it returns expired leases to
+    the queue, plans the catalogue for new build targets (``new_targets``) and
+    looks at wheels published before migration 8 (``coverage``). When the
+    database goes away it reconnects, waiting an exponential backoff (with
+    jitter, at most ``max_backoff`` seconds) that resets once a connection has
+    completed a round of work.
     """
     stop = stop if stop is not None else threading.Event()
     state = IngestState()
