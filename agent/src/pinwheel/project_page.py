@@ -21,7 +21,7 @@ from typing import Any
 from urllib.parse import quote
 
 from .aptdeps import apt_install_line
-from .index_db import Build, FileLibraries, ProjectData, PublishedFile
+from .index_db import FileLibraries, ProjectData, PublishedFile
 from .simple_index import upload_time, version_key
 
 MAX_DESCRIPTION = 64 << 10  # characters of the long description shown
@@ -61,30 +61,39 @@ class Cell:
     build_id: int | None = None
     log_path: str | None = None  # the log served as text, relative to the www root
     note: str | None = None
+    covered_by: str | None = None  # built by this wheel of another target's build
 
 
-def _log_path(build: Build) -> str | None:
-    if not build.log_path or not build.log_path.endswith(".log.gz"):
+def _log_path(path: str | None) -> str | None:
+    if not path or not path.endswith(".log.gz"):
         return None
     # logs/<id>.log.gz is also served decompressed, as text/plain, at logs/<id>.log.
-    return build.log_path[:-len(".gz")]
+    return path[:-len(".gz")]
 
 
 def cell(data: ProjectData, version: str, target: str, release_skip: str | None,
          has_sdist: bool) -> Cell:
-    """The state of ``version`` for ``target``: a live job first, then the latest build."""
+    """The state of ``version`` for ``target``: a live job first, then its own published
+    build, then a pure or abi3 wheel of another target's build that serves it, then its
+    latest build's failure, then why it is not built."""
     job = data.jobs.get((version, target))
     build = data.builds.get((version, target))
     if job is not None:
         return Cell("building" if job == "leased" else "pending",
                     note="building now" if job == "leased" else "queued")
-    if build is not None:
-        log = _log_path(build)
+    if build is not None and build.status == "success":
+        log = _log_path(build.log_path)
         secs = f"{build.seconds:.0f} s" if build.seconds is not None else None
-        if build.status == "success" and build.ingest_state == "pending":
+        if build.ingest_state == "pending":
             return Cell("pending", build.build_id, log, "built, being published")
-        if build.status == "success" and build.published:
+        if build.published:
             return Cell("built", build.build_id, log, secs)
+    covered = data.covered.get((version, target))
+    if covered is not None:
+        return Cell("built", covered.build_id, _log_path(covered.log_path),
+                    f"{covered.filename}, built on {covered.built_on}", covered.filename)
+    if build is not None:
+        log = _log_path(build.log_path)
         if build.status == "success":
             return Cell("failed", build.build_id, log, "refused by the master's checks")
         return Cell("failed", build.build_id, log, build.status)
@@ -284,6 +293,9 @@ def _grid(data: ProjectData) -> str:
             text = _e(STATES[c.state])
             if c.log_path:
                 text = f'<a href="../../{_e(c.log_path)}">{text}</a>'
+            if c.covered_by:  # built once for several targets: say by which wheel's tag
+                tag = "-".join(c.covered_by[:-len(".whl")].split("-")[-3:])
+                text += f' <span class="note">by {_e(tag)}</span>'
             title = f' title="{_e(c.note)}"' if c.note else ""
             cells.append(f'<td class="{c.state}"{title}>{text}</td>')
         rows.append(f'<tr><th scope="row">{label}</th>{"".join(cells)}</tr>\n')
@@ -363,7 +375,8 @@ def project_json(data: ProjectData, metadata: bytes | None, index_url: str = "")
         for target in targets:
             c = cell(data, rel.version, target, rel.skip_reason, rel.has_sdist)
             builds[target] = {"state": c.state, "build_id": c.build_id,
-                           "log_url": f"/{c.log_path}" if c.log_path else None, "note": c.note}
+                              "log_url": f"/{c.log_path}" if c.log_path else None,
+                              "note": c.note, "covered_by": c.covered_by}
         releases.append({
             "version": rel.version,
             "released": rel.released.isoformat() if rel.released else None,

@@ -37,9 +37,8 @@ from typing import Any, Callable
 
 import psycopg2
 import psycopg2.extras
-from packaging.version import InvalidVersion, Version
 
-from . import db, index, names, planner, upstream
+from . import db, index, names, new_targets, planner, upstream
 from .config import ConfigError, MasterConfig
 from .ingest import index_options
 from .simple_index import armv6l_alias
@@ -379,10 +378,11 @@ class Watcher:
             if not (was_removed or (sdists and not had_sdist) or yanked != was_yanked
                     or (yanked and reason != (old_reason or ""))):
                 continue
-            plan = self._plan(cur, package, version, files, change)
-            if was_removed:
+            if was_removed:  # before planning: a release deleted upstream is never due
                 cur.execute("UPDATE versions SET removed_upstream_at = NULL "
                             "WHERE package = %s AND version = %s", (package, version))
+            plan = self._plan(cur, package, version, files, change)
+            if was_removed:
                 change.add(version, "release-returned")
                 change.dirty = True
             if sdists and not had_sdist:
@@ -507,19 +507,9 @@ class Watcher:
 
 def newest_release(releases: dict[str, list[upstream.UpstreamFile]]) -> str | None:
     """The newest final, unyanked release with an sdist (PEP 440 order), or None."""
-    best: tuple[Version, str] | None = None
-    for version, files in releases.items():
-        if not any(f.is_sdist for f in files) or all(f.yanked for f in files):
-            continue
-        try:
-            parsed = Version(version)
-        except InvalidVersion:
-            continue
-        if parsed.is_prerelease or parsed.is_devrelease:
-            continue
-        if best is None or parsed > best[0]:
-            best = (parsed, version)
-    return best[1] if best else None
+    return new_targets.newest_final(
+        version for version, files in releases.items()
+        if any(f.is_sdist for f in files) and not all(f.yanked for f in files))
 
 
 def _yank_reason(files: list[upstream.UpstreamFile]) -> str:
