@@ -510,6 +510,15 @@ def requeue_expired(conn: Any) -> int:
     return n
 
 
+def refresh_popularity(conn: Any) -> int | None:
+    """Recount the projects' wheel downloads for the queue's order, at most once an hour
+    (the database decides); returns how many projects' boost changed, None when not due."""
+    n = db.call(conn, "SELECT refresh_popularity()")[0][0]
+    if n:
+        log.info("download counts refreshed: %d project(s) moved in the queue", n)
+    return None if n is None else int(n)
+
+
 def _wait_for_notify(conn: Any, stop: threading.Event, timeout: float) -> None:
     """Return when a NOTIFY arrives, ``stop`` is set, or ``timeout`` seconds pass."""
     deadline = time.monotonic() + timeout
@@ -535,6 +544,7 @@ def _run(conn: Any, cfg: MasterConfig, stop: threading.Event, poll_seconds: floa
     while not stop.is_set():
         if time.monotonic() >= next_janitor:
             requeue_expired(conn)
+            refresh_popularity(conn)
             next_janitor = time.monotonic() + janitor_seconds
         conn.notifies.clear()
         n = process_pending(conn, cfg, state)
@@ -574,7 +584,8 @@ def serve(cfg: MasterConfig, stop: threading.Event | None = None, poll_seconds: 
     """Run the ingest service until ``stop`` is set (forever without one).
 
     Ingests at start, on every ``pinwheel_ingest`` NOTIFY and at least every
-    ``poll_seconds``; returns expired leases to the queue every
+    ``poll_seconds``; returns expired leases to the queue (and lets the
+    database recount downloads for the queue's order, hourly) every
     ``janitor_seconds``. When the database goes away it reconnects, waiting
     an exponential backoff (with jitter, at most ``max_backoff`` seconds)
     that resets once a connection has completed a round of work.
@@ -594,5 +605,5 @@ def serve(cfg: MasterConfig, stop: threading.Event | None = None, poll_seconds: 
     log.info("ingest stopped")
 
 
-__all__ = ["IngestState", "PendingBuild", "index_options", "process_pending", "requeue_expired",
-           "serve"]
+__all__ = ["IngestState", "PendingBuild", "index_options", "process_pending",
+           "refresh_popularity", "requeue_expired", "serve"]
