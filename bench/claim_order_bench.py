@@ -118,6 +118,9 @@ def main() -> int:
             q.finish(job, "failed", now, 1.0, None, [])
         q.conn.close()
         (left,), = pg.query(DB, "SELECT count(*) FROM jobs WHERE state = 'queued'")
+        (from_backlog,), = pg.query(
+            DB, "SELECT count(*) FROM builds WHERE substr(version, 2)::int %% 100 <> 0 "
+                "AND substr(version, 2)::int %% 20 <> 1")
         (lanes,), = pg.query(DB, "SELECT string_agg(lane || ' ' || n, ', ' ORDER BY lane) FROM "
                                  "(SELECT lane, count(*) n FROM jobs GROUP BY lane) l")
     finally:
@@ -149,7 +152,10 @@ def main() -> int:
         f"cycles: p50 / p99 / max | {pct(phases['bumped'])} |",
         f"| `claim_job` with the bumped lane empty (new, or the backlog's share), "
         f"{len(phases['new/backlog']):,} cycles: p50 / p99 / max | {pct(phases['new/backlog'])} |",
-        "", f"Left queued: {left:,} ({lanes}). The claim's lookup in each lane "
+        "", f"Of the {args.claims:,} claims after the bumped lane, {from_backlog:,} "
+        f"({100 * from_backlog / max(args.claims, 1):.0f} %) took the backlog "
+        "(`backlog_share` 20), the others new releases.", "",
+        f"Left queued: {left:,} ({lanes}). The claim's lookup in each lane "
         "(`EXPLAIN (ANALYZE, BUFFERS)`, inside `claim_job` it is the same statement):", ""]
     for lane, plan in plans.items():
         lines += [f"{lane}:", "", "```", plan, "```", ""]
