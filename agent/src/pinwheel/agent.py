@@ -15,7 +15,9 @@ is heartbeated meanwhile, for as long as its lease holds; nothing is rebuilt
 for it. A finished build is recorded in the outbox (:mod:`pinwheel.outbox`)
 before it is pushed, so an agent that restarts delivers it (if the files are
 intact and the database says the job is still this builder's) instead of
-building it again. When the work directory's file system is nearly full the agent claims
+building it again. A job cancelled while it builds (its release deleted upstream or
+skipped: the heartbeat is refused with :class:`db.JobCancelled`) is killed and reported
+nowhere. When the work directory's file system is nearly full the agent claims
 nothing (and says so) until space is freed. It tells systemd it is ready and
 alive (:mod:`pinwheel.notify`).
 """

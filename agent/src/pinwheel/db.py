@@ -57,7 +57,9 @@ _CODES: dict[str, type[PinwheelError]] = {
 
 def translate(exc: psycopg2.Error) -> PinwheelError | None:
     """The Pinwheel exception for a database error raised by our functions."""
-    cls = _CODES.get(exc.pgcode or "")
+    code = exc.pgcode or ""
+    # A lease error this agent does not know yet (a newer database) is still a lost lease.
+    cls = _CODES.get(code) or (LeaseLost if code.startswith("PWL") else None)
     if cls is None:
         return None
     diag = exc.diag
