@@ -33,7 +33,8 @@ _PROJECT = """
     SELECT display_name, status, status_reason, skip_reason FROM packages WHERE package = %s
 """
 _RELEASES = """
-    SELECT version, released, yanked, yanked_reason, skip_reason, has_sdist, requires_python
+    SELECT version, released, yanked, yanked_reason, skip_reason, has_sdist, requires_python,
+           removed_upstream_at
       FROM versions WHERE package = %s
 """
 _LATEST_BUILDS = """
@@ -98,6 +99,7 @@ class Release:
     skip_reason: str | None
     has_sdist: bool
     requires_python: str | None
+    removed_upstream_at: datetime | None = None  # pinwheel watch found it deleted upstream
 
 
 @dataclass(frozen=True)
@@ -107,7 +109,7 @@ class Build:
     version: str
     target: str
     build_id: int
-    status: str              # success, failed, timeout, abandoned
+    status: str              # success, failed, timeout, abandoned, cancelled
     log_path: str | None     # relative to www_root, e.g. logs/12.log.gz
     ingest_state: str        # pending, done
     seconds: float | None

@@ -520,6 +520,15 @@ def requeue_expired(conn: Any) -> int:
     return n
 
 
+def refresh_popularity(conn: Any) -> int | None:
+    """Recount the projects' wheel downloads for the queue's order, at most once an hour
+    (the database decides); returns how many projects' boost changed, None when not due."""
+    n = db.call(conn, "SELECT refresh_popularity()")[0][0]
+    if n:
+        log.info("download counts refreshed: %d project(s) moved in the queue", n)
+    return None if n is None else int(n)
+
+
 def _wait_for_notify(conn: Any, stop: threading.Event, timeout: float) -> None:
     """Return when a NOTIFY arrives, ``stop`` is set, or ``timeout`` seconds pass."""
     deadline = time.monotonic() + timeout
@@ -547,6 +556,7 @@ def _run(conn: Any, cfg: MasterConfig, stop: threading.Event, poll_seconds: floa
             requeue_expired(conn)
             new_targets.plan_new_targets(conn, cfg.watch)
             state.dirty_projects |= coverage.assess_published(conn, cfg)
+            refresh_popularity(conn)
             next_janitor = time.monotonic() + janitor_seconds
         conn.notifies.clear()
         n = process_pending(conn, cfg, state)
@@ -587,8 +597,9 @@ def serve(cfg: MasterConfig, stop: threading.Event | None = None, poll_seconds: 
 
     Ingests at start, on every ``pinwheel_ingest`` NOTIFY and at least every
     ``poll_seconds``; every ``janitor_seconds`` it returns expired leases to
-    the queue, plans the catalogue for new build targets (``new_targets``) and
-    looks at wheels published before migration 8 (``coverage``). When the
+    the queue, plans the catalogue for new build targets (``new_targets``),
+    looks at wheels published before migration 8 (``coverage``) and lets the
+    database recount downloads for the queue's order (hourly). When the
     database goes away it reconnects, waiting an exponential backoff (with
     jitter, at most ``max_backoff`` seconds) that resets once a connection has
     completed a round of work.
@@ -608,5 +619,5 @@ def serve(cfg: MasterConfig, stop: threading.Event | None = None, poll_seconds: 
     log.info("ingest stopped")
 
 
-__all__ = ["IngestState", "PendingBuild", "index_options", "process_pending", "requeue_expired",
-           "serve"]
+__all__ = ["IngestState", "PendingBuild", "index_options", "process_pending",
+           "refresh_popularity", "requeue_expired", "serve"]

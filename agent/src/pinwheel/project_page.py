@@ -17,6 +17,7 @@ import email.policy
 import html
 import json
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from typing import Any
 from urllib.parse import quote
 
@@ -47,7 +48,7 @@ border-radius:4px}
 th,td{border:1px solid #ccc;padding:.25rem .5rem;text-align:left;vertical-align:top}
 td.hash{overflow-wrap:anywhere;min-width:12rem}
 .built{background:#d9f2d9}.failed{background:#f8d7d7}.building,.pending{background:#fff3c4}
-.skipped,.none{background:#eee;color:#555}.yanked{color:#a00;font-weight:bold}
+.skipped,.none{background:#eee;color:#555}.yanked,.removed{color:#a00;font-weight:bold}
 .status{border-left:4px solid #a00;padding-left:.5rem}
 .base,.note{color:#555}
 """
@@ -96,6 +97,8 @@ def cell(data: ProjectData, version: str, target: str, release_skip: str | None,
         log = _log_path(build.log_path)
         if build.status == "success":
             return Cell("failed", build.build_id, log, "refused by the master's checks")
+        if build.status == "cancelled":
+            return Cell("skipped", build.build_id, None, "build cancelled")
         return Cell("failed", build.build_id, log, build.status)
     reason = data.skip_reason or release_skip or data.targets.get(target)
     if reason:
@@ -113,6 +116,13 @@ def grid_targets(data: ProjectData) -> list[str]:
 
 def releases_newest_first(data: ProjectData) -> list[Any]:
     return sorted(data.releases, key=lambda r: version_key(r.version), reverse=True)
+
+
+def removed_mark(removed_at: datetime | None) -> str | None:
+    """``removed upstream on <date>`` for a release deleted upstream, else None."""
+    if removed_at is None:
+        return None
+    return f"removed upstream on {removed_at.astimezone(timezone.utc).date().isoformat()}"
 
 
 def description(metadata: bytes | None) -> tuple[str | None, str | None]:
@@ -287,6 +297,9 @@ def _grid(data: ProjectData) -> str:
         if rel.yanked:
             reason = f": {_e(rel.yanked_reason)}" if rel.yanked_reason else ""
             label += f' <span class="yanked">yanked{reason}</span>'
+        removed = removed_mark(rel.removed_upstream_at)
+        if removed:
+            label += f' <span class="removed">{_e(removed)}</span>'
         cells = []
         for target in targets:
             c = cell(data, rel.version, target, rel.skip_reason, rel.has_sdist)
@@ -311,11 +324,15 @@ def _files(data: ProjectData) -> str:
         return "<p>No files yet.</p>\n"
     rows = []
     yanked = {r.version for r in data.releases if r.yanked}
+    removed = {r.version: removed_mark(r.removed_upstream_at) for r in data.releases
+               if r.removed_upstream_at is not None}
     ordered = sorted(data.files, key=lambda p: (version_key(p.file.version), p.file.filename),
                      reverse=True)
     for p in ordered:
         f = p.file
         mark = ' <span class="yanked">yanked</span>' if f.version in yanked else ""
+        if f.version in removed:
+            mark += f' <span class="removed">{_e(removed[f.version])}</span>'
         when = upload_time(f.upload_time)[:10] if f.upload_time else ""
         rows.append(
             f'<tr><td><a href="../../packages/{_e(data.package)}/{_e(_quote(f.filename))}">'
@@ -382,6 +399,9 @@ def project_json(data: ProjectData, metadata: bytes | None, index_url: str = "")
             "released": rel.released.isoformat() if rel.released else None,
             "yanked": rel.yanked,
             "yanked_reason": rel.yanked_reason,
+            "removed_upstream_at": (rel.removed_upstream_at.isoformat()
+                                    if rel.removed_upstream_at else None),
+            "removed_upstream": removed_mark(rel.removed_upstream_at),
             "skip_reason": rel.skip_reason,
             "requires_python": rel.requires_python,
             "builds": builds,
