@@ -349,6 +349,13 @@ def test_builder_role_has_no_table_privileges(pg, database):
                 refused += (psycopg2.errors.ObjectNotInPrerequisiteState,)
             with pytest.raises(refused), conn.cursor() as cur:
                 cur.execute(stmt)
+    admin = pg.admin(database)
+    with admin.cursor() as cur:
+        for view in sorted(views):
+            cur.execute("SELECT has_table_privilege('qb_priv', %s, "
+                        "'SELECT, INSERT, UPDATE, DELETE')", (f"pinwheel.{view}",))
+            assert cur.fetchone()[0] is False, f"builders hold a privilege on the view {view}"
+    admin.close()
     for fn in ("SELECT pinwheel.plan_release('x', '1')", "SELECT pinwheel.requeue_expired()",
                "SELECT pinwheel.held_job(1, gen_random_uuid())"):
         with pytest.raises(psycopg2.errors.InsufficientPrivilege), conn.cursor() as cur:

@@ -15,7 +15,9 @@ is heartbeated meanwhile, for as long as its lease holds; nothing is rebuilt
 for it. A finished build is recorded in the outbox (:mod:`pinwheel.outbox`)
 before it is pushed, so an agent that restarts delivers it (if the files are
 intact and the database says the job is still this builder's) instead of
-building it again. When the work directory's file system is nearly full the agent claims
+building it again. A job cancelled while it builds (its release deleted upstream or
+skipped: the heartbeat is refused with :class:`db.JobCancelled`) is killed and reported
+nowhere. When the work directory's file system is nearly full the agent claims
 nothing (and says so) until space is freed. It tells systemd it is ready and
 alive (:mod:`pinwheel.notify`).
 """
@@ -350,9 +352,13 @@ class Agent:
                                         tick_seconds=self.cfg.heartbeat_seconds,
                                         header=self._log_header(job), poll=self._poll_build)
         except BuildAborted as exc:
+            shutil.rmtree(outbox_dir, ignore_errors=True)
+            if isinstance(exc.__cause__, db.JobCancelled):
+                log.warning("job %d: build of %s %s stopped: %s; nothing is reported, moving "
+                            "on", job.job_id, job.package, job.version, exc.__cause__)
+                return
             log.warning("job %d: build stopped: %s", job.job_id, exc)
             self._hand_back(job)
-            shutil.rmtree(outbox_dir, ignore_errors=True)
             return
         try:
             self._deliver(job, result, outbox_dir)
@@ -375,6 +381,8 @@ class Agent:
             raise BuildAborted("the agent is stopping now")
         try:
             self._db(lambda q: q.heartbeat(job, self.cfg.lease_seconds), retry=False)
+        except db.JobCancelled as exc:
+            raise BuildAborted(f"cancelled by the master: {exc}") from exc
         except db.LeaseLost as exc:
             raise BuildAborted(f"lease lost: {exc}") from exc
         except db.DatabaseUnavailable as exc:
@@ -430,6 +438,10 @@ class Agent:
             build_id = self._db(lambda q: q.finish(job, pending.status, pending.started,
                                                    pending.duration, pending.log,
                                                    pending.files))
+        except db.JobCancelled as exc:
+            log.warning("job %d: the master refused the result (%s): %s; nothing of it is "
+                        "published, moving on", job.job_id, pending.status, exc)
+            return
         except db.LeaseLost as exc:
             log.warning("job %d: result discarded: %s", job.job_id, exc)
             return

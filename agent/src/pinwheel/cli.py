@@ -205,8 +205,9 @@ def cmd_skip(args: argparse.Namespace, skipping: bool) -> int:
         else:
             print(f"{result.what} was already skipped for that reason; "
                   f"{result.cancelled} queued job(s) cancelled")
-        print("Nothing is queued for it until `pinwheel unskip`; a build already running "
-              "finishes.")
+        running = ("a build already running finishes" if args.target else
+                   "a build of it already running is cancelled (its builder stops it)")
+        print(f"Nothing is queued for it until `pinwheel unskip`; {running}.")
     else:
         result = skips.unskip(conn, args.name, args.version, args.target)
         state = "unskipped" if result.changed else "was not skipped"
@@ -261,6 +262,66 @@ def cmd_metrics(args: argparse.Namespace) -> int:
             sys.stdout.write(metrics.collect(conn))
     finally:
         conn.close()
+    return 0
+
+
+def _queue_scope(args: argparse.Namespace, verb: str) -> tuple[Any, Any] | int:
+    """Connect and check what ``args`` names: (connection, scope), or an exit status."""
+    from . import operator_queue
+    if args.target is not None:
+        try:
+            operator_queue.split_target(args.target)
+        except ValueError as exc:
+            print(f"usage: pinwheel {verb} NAME [VERSION] [--target ABI-PLATFORM]: {exc}",
+                  file=sys.stderr)
+            return 2
+    cfg = MasterConfig.load(args.config)
+    conn = db.connect(cfg.dsn, application_name=f"pinwheel-{verb}")
+    try:
+        return conn, operator_queue.resolve(conn, args.name, args.version, args.target)
+    except operator_queue.NothingMatched as exc:
+        print(f"pinwheel: error: {exc}", file=sys.stderr)
+        return 1
+
+
+def cmd_bump(args: argparse.Namespace) -> int:
+    from . import operator_queue
+    found = _queue_scope(args, "bump")
+    if isinstance(found, int):
+        return found
+    conn, scope = found
+    try:
+        jobs = operator_queue.bump(conn, scope)
+    except operator_queue.NothingMatched as exc:
+        print(f"pinwheel: error: {exc}", file=sys.stderr)
+        return 1
+    moved = sum(j.outcome == "moved to the front" for j in jobs)
+    print(f"{scope.what}: {moved} queued job(s) moved to the front of the queue")
+    print(_table(("job", "version", "target", "state", "done"),
+                 [(j.job_id, j.version, j.target, j.state, j.outcome) for j in jobs]))
+    return 0
+
+
+def cmd_retry(args: argparse.Namespace) -> int:
+    from . import operator_queue
+    found = _queue_scope(args, "retry")
+    if isinstance(found, int):
+        return found
+    conn, scope = found
+    try:
+        builds = operator_queue.retry(conn, scope)
+    except operator_queue.NothingMatched as exc:
+        print(f"pinwheel: error: {exc}", file=sys.stderr)
+        return 1
+    queued = sum(b.queued for b in builds)
+    print(f"{scope.what}: {queued} failed build(s) queued again, at the front of the queue")
+    print(_table(("version", "target", "last build", "finished", "job", "done"),
+                 [(b.version, b.target, b.last_status, b.finished_at.strftime("%Y-%m-%d %H:%M"),
+                   b.job_id or "", b.outcome) for b in builds]))
+    if not any(b.queued or b.job_id for b in builds):
+        print("pinwheel: error: nothing could be queued again (see the last column: "
+              "`pinwheel unskip` what is skipped)", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -363,6 +424,19 @@ def parser() -> argparse.ArgumentParser:
                          "e.g. /var/lib/prometheus/node-exporter/pinwheel.prom) instead of "
                          "printing them")
     me.set_defaults(func=cmd_metrics)
+
+    for verb, func, what in (
+            ("bump", cmd_bump, "move the queued jobs of a project, a release or one target of "
+                               "it to the front of the queue"),
+            ("retry", cmd_retry, "queue again, at the front, the failed or timed-out builds of a "
+                                 "project, a release or one target of it")):
+        bq = sub.add_parser(verb, help=what)
+        bq.add_argument("name", help="project name, any spelling")
+        bq.add_argument("version", nargs="?", help="only this release")
+        bq.add_argument("--target", metavar="ABI-PLATFORM",
+                        help="only this build target, e.g. cp311-linux_armv7l")
+        bq.add_argument("--config", default=MASTER_CONF, help=f"default {MASTER_CONF}")
+        bq.set_defaults(func=func)
     return p
 
 
