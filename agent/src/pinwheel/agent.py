@@ -40,6 +40,8 @@ from pathlib import Path
 from types import FrameType
 from typing import Callable, TypeVar
 
+import psycopg2
+
 from . import aptdeps, db, names, outbox, push
 from .config import AgentConfig
 from .limits import free_mb
@@ -49,6 +51,8 @@ from .sandbox import BuildAborted, BuildResult, Sandbox, probe_interpreter
 
 log = logging.getLogger("pinwheel.agent")
 T = TypeVar("T")
+# Seconds between two reports of the free disk space to the master (builder_ping).
+DISK_REPORT_SECONDS = 60
 
 
 def sha256_of(path: Path) -> str:
@@ -88,6 +92,7 @@ class Agent:
         self.notifier = Notifier()
         self.drain_deadline: float | None = None  # monotonic time the drain ends
         self.claims_paused_for_disk = False
+        self.disk_reported_at: float | None = None  # monotonic time of the last report
 
     # ------------------------------------------------------------ signals
 
@@ -222,6 +227,7 @@ class Agent:
         self.resume_leftovers()
         while not self.stopping.is_set():
             self.notifier.kick()
+            self._report_disk()
             if not self._disk_allows_claims():
                 self._sleep(min(self.cfg.poll_seconds, 30), self.stopping)
                 continue
@@ -256,6 +262,22 @@ class Agent:
                      free, self.cfg.work_dir)
             self.claims_paused_for_disk = False
         return True
+
+    def _report_disk(self) -> None:
+        """Tell the master the work directory's free space, at most once a minute.
+
+        Shown on the master's /builders/ page and in its metrics; a failure is
+        logged and never stops the agent (an older master lacks the function).
+        """
+        now = time.monotonic()
+        if self.disk_reported_at is not None and now - self.disk_reported_at < DISK_REPORT_SECONDS:
+            return
+        self.disk_reported_at = now
+        try:
+            free = free_mb(self.cfg.work_dir)
+            self._db(lambda q: q.ping(free), retry=False)
+        except (OSError, db.PinwheelError, psycopg2.Error) as exc:
+            log.warning("could not report the free disk space: %s", exc)
 
     def _wait_for_work(self, queue: BuilderQueue) -> bool:
         wake = (self._wake_r,) if self._wake_r is not None else ()
@@ -367,6 +389,7 @@ class Agent:
             # Keep going: the lease has time left, and finish will tell.
             log.warning("job %d: heartbeat failed: %s", job.job_id, exc)
             return False
+        self._report_disk()
         return True
 
     def _hand_back(self, job: Job) -> None:

@@ -216,48 +216,52 @@ def cmd_skip(args: argparse.Namespace, skipping: bool) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    from . import status
     cfg = MasterConfig.load(args.config)
     conn = db.connect(cfg.dsn, application_name="pinwheel-status")
-    queue = db.call(conn, """
-        SELECT t.abi, t.platform, count(j.*) FILTER (WHERE j.state = 'queued'),
-               count(j.*) FILTER (WHERE j.state = 'leased'),
-               coalesce(t.skip_reason, '')
-        FROM targets t LEFT JOIN jobs j USING (abi, platform)
-        GROUP BY t.abi, t.platform ORDER BY t.abi, t.platform""")
-    builders = db.call(conn, """
-        SELECT b.builder, b.abi, b.platform, b.os_release,
-               CASE WHEN b.paused THEN 'paused' ELSE 'active' END,
-               to_char(now() - b.last_seen, 'HH24:MI:SS'),
-               (SELECT j.package || ' ' || j.version || ' (' ||
-                       to_char(now() - j.claimed_at, 'HH24:MI:SS') || ')'
-                FROM jobs j WHERE j.builder = b.builder AND j.state = 'leased' LIMIT 1)
-        FROM builders b ORDER BY b.builder""")
-    recent = db.call(conn, """
-        SELECT b.build_id, b.package, b.version, b.abi, b.platform, b.builder, b.status,
-               round(extract(epoch FROM b.duration)::numeric, 1), b.ingest_state
-        FROM builds b ORDER BY b.build_id DESC LIMIT %s""", (args.recent,))
+    try:
+        doc = status.collect(conn, recent=args.recent)
+    finally:
+        conn.close()
     if args.json:
-        json.dump({
-            "queue": [dict(zip(("abi", "platform", "queued", "building", "skip_reason"), r))
-                      for r in queue],
-            "builders": [dict(zip(("builder", "abi", "platform", "os_release", "state",
-                                   "last_seen_ago", "current_job"), r)) for r in builders],
-            "recent_builds": [dict(zip(("build_id", "package", "version", "abi", "platform",
-                                        "builder", "status", "seconds", "ingest"), r),
-                                   seconds=float(r[7] or 0))
-                              for r in recent],
-        }, sys.stdout, indent=2, default=str)
+        json.dump(doc, sys.stdout, indent=2)
         print()
         return 0
-    print("Queue")
-    print(_table(("abi", "platform", "queued", "building", "skipped"), queue)
-          if queue else "  (no targets yet: no builder has registered)")
-    print("\nBuilders")
-    print(_table(("builder", "abi", "platform", "os", "state", "last seen", "building"),
-                 builders) if builders else "  (none registered)")
-    print("\nRecent builds")
-    print(_table(("build", "package", "version", "abi", "platform", "builder", "status",
-                  "seconds", "ingest"), recent) if recent else "  (none yet)")
+    base = cfg.public_index_url.rstrip("/")
+    base = base[:-len("/simple")] if base.endswith("/simple") else ""
+    print(status.render_text(doc, base_url=base))
+    return 0
+
+
+def cmd_stats_render(args: argparse.Namespace) -> int:
+    from . import stats_pages
+    cfg = MasterConfig.load(args.config)
+    conn = db.connect(cfg.dsn, application_name="pinwheel-stats")
+    try:
+        written = stats_pages.render(conn, cfg.www_root, days=args.days)
+    finally:
+        conn.close()
+    print(f"wrote {', '.join(str(p) for p in written)}")
+    return 0
+
+
+def cmd_metrics(args: argparse.Namespace) -> int:
+    from . import metrics
+    cfg = MasterConfig.load(args.config)
+    conn = db.connect(cfg.dsn, application_name="pinwheel-metrics")
+    try:
+        if args.textfile:
+            path = Path(args.textfile)
+            if not path.parent.is_dir():
+                print(f"pinwheel: error: {path.parent} is not a directory: create it (it is "
+                      "node_exporter's --collector.textfile.directory) or give another "
+                      "--textfile", file=sys.stderr)
+                return 1
+            metrics.write_textfile(conn, path)
+        else:
+            sys.stdout.write(metrics.collect(conn))
+    finally:
+        conn.close()
     return 0
 
 
@@ -404,6 +408,22 @@ def parser() -> argparse.ArgumentParser:
     st.add_argument("--json", action="store_true", help="machine-readable output")
     st.add_argument("--recent", type=int, default=10, help="how many recent builds (default 10)")
     st.set_defaults(func=cmd_status)
+
+    sts = sub.add_parser("stats", help="the /stats/ and /builders/ pages (master)")
+    stsub = sts.add_subparsers(dest="stats_command", required=True, metavar="ACTION")
+    sr = stsub.add_parser("render", help="write /stats/ and /builders/ under the www root "
+                                         "(pinwheel-stats.timer)")
+    sr.add_argument("--config", default=MASTER_CONF, help=f"default {MASTER_CONF}")
+    sr.add_argument("--days", type=int, default=30, help="days shown in the charts (default 30)")
+    sr.set_defaults(func=cmd_stats_render)
+
+    me = sub.add_parser("metrics", help="the farm's metrics in Prometheus' text format")
+    me.add_argument("--config", default=MASTER_CONF, help=f"default {MASTER_CONF}")
+    me.add_argument("--textfile", metavar="PATH",
+                    help="write them atomically to PATH (node_exporter's textfile collector, "
+                         "e.g. /var/lib/prometheus/node-exporter/pinwheel.prom) instead of "
+                         "printing them")
+    me.set_defaults(func=cmd_metrics)
 
     for verb, func, what in (
             ("bump", cmd_bump, "move the queued jobs of a project, a release or one target of "
