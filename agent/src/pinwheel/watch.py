@@ -37,9 +37,8 @@ from typing import Any, Callable
 
 import psycopg2
 import psycopg2.extras
-from packaging.version import InvalidVersion, Version
 
-from . import db, dependencies, index, names, planner, upstream
+from . import db, dependencies, index, names, new_targets, planner, upstream
 from .config import ConfigError, MasterConfig
 from .ingest import index_options
 from .simple_index import armv6l_alias
@@ -66,7 +65,7 @@ class PollResult:
     removed: int = 0         # projects found deleted upstream
     events: int = 0
     jobs: int = 0
-    cancelled: int = 0       # queued jobs cancelled by deletions
+    cancelled: int = 0       # queued jobs and running builds cancelled by deletions
     errors: list[str] = field(default_factory=list)
 
 
@@ -434,6 +433,8 @@ class Watcher:
             if prev is None:
                 plan = self._plan(cur, package, version, files, change,
                                   queue=only is None or version == only)
+                if known is not None:
+                    _mark_new(cur, package, version)
                 if plan.has_sdist:
                     change.add(version, "new-release", f"{plan.jobs} job(s) queued"
                                + (f"; {plan.note}" if plan.note else ""))
@@ -449,13 +450,15 @@ class Watcher:
             if not (was_removed or (sdists and not had_sdist) or yanked != was_yanked
                     or (yanked and reason != (old_reason or ""))):
                 continue
-            plan = self._plan(cur, package, version, files, change)
-            if was_removed:
+            if was_removed:  # before planning: a release deleted upstream is never due
                 cur.execute("UPDATE versions SET removed_upstream_at = NULL "
                             "WHERE package = %s AND version = %s", (package, version))
+            plan = self._plan(cur, package, version, files, change)
+            if was_removed:
                 change.add(version, "release-returned")
                 change.dirty = True
             if sdists and not had_sdist:
+                _mark_new(cur, package, version)
                 change.add(version, "sdist-added", f"{plan.jobs} job(s) queued")
             if yanked != was_yanked or (yanked and reason != (old_reason or "")):
                 change.add(version, "yanked" if yanked else "unyanked", reason or "")
@@ -487,14 +490,16 @@ class Watcher:
         return int(cur.rowcount)
 
     def _remove_release(self, cur: Any, package: str, version: str, change: _Change) -> None:
+        running = _running(cur, package, version)
+        # A trigger (migration 9) cancels the builds running for it: their builders stop.
         cur.execute("UPDATE versions SET removed_upstream_at = now() "
                     "WHERE package = %s AND version = %s", (package, version))
         cancelled = self._cancel(cur, package, version)
         unpublished = self._unpublish(cur, package, version)
-        change.cancelled += cancelled
+        change.cancelled += cancelled + running
         change.dirty = True
         change.add(version, "release-removed", _removal_detail(cancelled, unpublished,
-                                                               self.wcfg.on_removal))
+                                                               self.wcfg.on_removal, running))
 
     def _removed(self, package: str) -> _Change:
         """The project is gone upstream (404/410)."""
@@ -506,18 +511,20 @@ class Watcher:
                             (package,))
                 row = cur.fetchone()
                 if row is not None:
+                    running = _running(cur, package, None)
                     cur.execute("UPDATE versions SET removed_upstream_at = now() "
                                 "WHERE package = %s AND removed_upstream_at IS NULL", (package,))
                     cur.execute("UPDATE packages SET removed_upstream_at = now() "
                                 "WHERE package = %s", (package,))
-                    change.cancelled = self._cancel(cur, package, None)
+                    queued = self._cancel(cur, package, None)
+                    change.cancelled = queued + running
                     unpublished = self._unpublish(cur, package, None)
                     if self.wcfg.on_removal == "keep" and row[0] == "active":
                         cur.execute("SELECT project_set_status(%s, 'archived', %s)",
                                     (package, REMOVED_REASON.format(date=_now().date())))
                     change.dirty = True
                     change.add(None, "project-removed", _removal_detail(
-                        change.cancelled, unpublished, self.wcfg.on_removal))
+                        queued, unpublished, self.wcfg.on_removal, running))
                     self._record(cur, package, upstream_serial, change)
                 else:
                     log.warning("%s is not on the upstream index %s (check the allowlist)",
@@ -577,29 +584,34 @@ class Watcher:
 
 def newest_release(releases: dict[str, list[upstream.UpstreamFile]]) -> str | None:
     """The newest final, unyanked release with an sdist (PEP 440 order), or None."""
-    best: tuple[Version, str] | None = None
-    for version, files in releases.items():
-        if not any(f.is_sdist for f in files) or all(f.yanked for f in files):
-            continue
-        try:
-            parsed = Version(version)
-        except InvalidVersion:
-            continue
-        if parsed.is_prerelease or parsed.is_devrelease:
-            continue
-        if best is None or parsed > best[0]:
-            best = (parsed, version)
-    return best[1] if best else None
+    return new_targets.newest_final(
+        version for version, files in releases.items()
+        if any(f.is_sdist for f in files) and not all(f.yanked for f in files))
 
 
 def _yank_reason(files: list[upstream.UpstreamFile]) -> str:
     return next((f.yanked for f in files if isinstance(f.yanked, str) and f.yanked), "")
 
 
-def _removal_detail(cancelled: int, unpublished: int, policy: str) -> str:
+def _removal_detail(cancelled: int, unpublished: int, policy: str, running: int = 0) -> str:
     files = (f"{unpublished} file(s) removed from the index" if policy == "remove"
              else "files kept (on_removal = keep)")
-    return f"{cancelled} queued job(s) cancelled; {files}"
+    builds = f", {running} running build(s) cancelled" if running else ""
+    return f"{cancelled} queued job(s){builds} cancelled; {files}"
+
+
+def _running(cur: Any, package: str, version: str | None) -> int:
+    """How many builds of a project (or of one release) are running now."""
+    cur.execute("SELECT count(*) FROM jobs WHERE package = %s AND state = 'leased' "
+                "AND (%s::text IS NULL OR version = %s)", (package, version, version))
+    return int(cur.fetchone()[0])
+
+
+def _mark_new(cur: Any, package: str, version: str) -> None:
+    """Put a release that just appeared upstream in the queue's new lane (ahead of the
+    backlog, docs/upstream.md "Priority"), unless an operator bumped it already."""
+    cur.execute("UPDATE jobs SET lane = 'new' WHERE package = %s AND version = %s "
+                "AND state = 'queued' AND lane = 'backlog'", (package, version))
 
 
 # --------------------------------------------------------------- service
