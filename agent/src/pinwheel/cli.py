@@ -325,6 +325,83 @@ def cmd_retry(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_import(args: argparse.Namespace) -> int:
+    from . import importer
+    cfg = MasterConfig.load(args.config)
+    if args.upstream:
+        cfg.upstream_url = args.upstream
+    if args.workers < 1:
+        print("pinwheel import: --workers must be at least 1", file=sys.stderr)
+        return 2
+    if not args.verbose:
+        # One line per new release is the watcher's log; for a whole upstream, the progress
+        # (bar, or a line every 5 %) says more.
+        logging.getLogger("pinwheel.watch").setLevel(logging.WARNING)
+    conn = db.connect(cfg.dsn, application_name="pinwheel-import")
+    try:
+        result = importer.run(conn, cfg, args.workers, progress=_progress_bar(sys.stderr))
+    finally:
+        conn.close()
+    poll = result.poll
+    rate = poll.due / result.seconds if result.seconds > 0 else 0.0
+    print(f"{cfg.upstream_url}: {result.listed} project(s) listed, {result.before} imported "
+          f"before this run, {poll.due} now ({rate:.0f}/s); {poll.events} event(s), "
+          f"{poll.jobs} job(s) queued, {poll.removed} removed upstream")
+    if poll.errors:
+        for error in poll.errors[:20]:
+            print(f"pinwheel: error: {error}", file=sys.stderr)
+        print(f"pinwheel: error: {len(poll.errors)} project(s) could not be read (see "
+              "watch_projects.last_error); run `pinwheel import` again to retry them, or let "
+              "`pinwheel watch` do it", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_rebuild(args: argparse.Namespace) -> int:
+    from . import operator_release as ops
+    cfg = MasterConfig.load(args.config)
+    conn = db.connect(cfg.dsn, application_name="pinwheel-rebuild")
+    try:
+        result = ops.rebuild(conn, args.name, args.version, args.target, args.priority,
+                             args.reason)
+    except ops.NothingMatched as exc:
+        print(f"pinwheel rebuild: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        conn.close()
+    print(_table(("version", "target", "last build", "published files", "rebuild"),
+                 [(r.version, r.target, r.last_build, r.published,
+                   "queued" if r.queued else "a job is queued or running already")
+                  for r in result.rows]))
+    print(f"{result.package}: {result.queued} build(s) queued. The published wheels stay on "
+          "the index until each new build replaces them; a failed rebuild leaves them.")
+    return 0
+
+
+def cmd_remove(args: argparse.Namespace) -> int:
+    from . import ingest
+    from . import operator_release as ops
+    cfg = MasterConfig.load(args.config)
+    conn = db.connect(cfg.dsn, application_name="pinwheel-remove")
+    try:
+        result = ops.remove(conn, cfg.www_root, ingest.index_options(cfg), args.name,
+                            args.version, args.reason)
+    except ops.NothingMatched as exc:
+        print(f"pinwheel remove: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        conn.close()
+    what = f"{result.package} {result.version}" if result.version else result.package
+    if result.files:
+        print(_table(("unpublished file",), [(f,) for f in result.files]))
+    print(f"removed {what}: {len(result.files)} file(s) unpublished, {result.cancelled} "
+          f"job(s) cancelled{' (it was removed before)' if result.already else ''}.")
+    print(f"It stays skipped ({ops.REMOVED_PREFIX}{' '.join(args.reason.split())}): the "
+          f"watcher does not queue it again; `pinwheel unskip {result.package}"
+          f"{' ' + result.version if result.version else ''}` builds it again.")
+    return 0
+
+
 # ----------------------------------------------------------------- parser
 
 def parser() -> argparse.ArgumentParser:
@@ -408,6 +485,34 @@ def parser() -> argparse.ArgumentParser:
     st.add_argument("--json", action="store_true", help="machine-readable output")
     st.add_argument("--recent", type=int, default=10, help="how many recent builds (default 10)")
     st.set_defaults(func=cmd_status)
+
+    im = sub.add_parser("import", help="record every project of the upstream and queue their "
+                                       "builds (mirror mode; resumable: run it again after an "
+                                       "interruption)")
+    im.add_argument("--config", default=MASTER_CONF, help=f"default {MASTER_CONF}")
+    im.add_argument("--upstream", help="upstream simple index URL (default: from the config)")
+    im.add_argument("--workers", type=int, default=8,
+                    help="projects fetched and recorded at once (default 8)")
+    im.set_defaults(func=cmd_import)
+
+    rbd = sub.add_parser("rebuild", help="build releases already built again (after a builder "
+                                         "fix); the published wheels stay until replaced")
+    rbd.add_argument("name", help="project name, any spelling")
+    rbd.add_argument("version", nargs="?", help="only this release (default: every one built)")
+    rbd.add_argument("--target", metavar="ABI-PLATFORM", help="only this target")
+    rbd.add_argument("--priority", type=int, default=0, help="higher builds sooner (default 0)")
+    rbd.add_argument("--reason", default="rebuild requested",
+                     help="why (recorded in operator_actions)")
+    rbd.add_argument("--config", default=MASTER_CONF, help=f"default {MASTER_CONF}")
+    rbd.set_defaults(func=cmd_rebuild)
+
+    rm = sub.add_parser("remove", help="unpublish a project or a release, cancel its jobs and "
+                                       "skip it (the watcher does not add it back)")
+    rm.add_argument("name", help="project name, any spelling")
+    rm.add_argument("version", nargs="?", help="only this release")
+    rm.add_argument("--reason", required=True, help="why (recorded, and shown as the skip)")
+    rm.add_argument("--config", default=MASTER_CONF, help=f"default {MASTER_CONF}")
+    rm.set_defaults(func=cmd_remove)
 
     sts = sub.add_parser("stats", help="the /stats/ and /builders/ pages (master)")
     stsub = sts.add_subparsers(dest="stats_command", required=True, metavar="ACTION")

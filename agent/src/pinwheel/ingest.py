@@ -204,16 +204,50 @@ def _after(outcome: _Outcome, what: str, action: Callable[[], None]) -> None:
 # ------------------------------------------------------------------ wheels
 
 
-def _clash(cur: Any, wheel: VerifiedWheel) -> None:
-    cur.execute("SELECT file_id, sha256 FROM files WHERE filename = %s AND state = 'published'",
-                (wheel.filename,))
+def _clash(cur: Any, wheel: VerifiedWheel, rebuild_of: PendingBuild | None = None) -> None:
+    cur.execute("SELECT file_id, sha256, build_id FROM files WHERE filename = %s "
+                "AND state = 'published'", (wheel.filename,))
     row = cur.fetchone()
     if row is None:
         return
     if row[1] == wheel.sha256:
         raise _Unpublishable("duplicate of an already published file", keep=False)
+    if rebuild_of is not None and _same_target(cur, row[2], rebuild_of):
+        # `pinwheel rebuild`: the new build replaces the file the earlier one published.
+        cur.execute("UPDATE files SET state = 'removed', reason = %s WHERE file_id = %s",
+                    (f"replaced by build {rebuild_of.build_id} (pinwheel rebuild)", row[0]))
+        return
     raise _Unpublishable(f"a different file named {wheel.filename} is already published "
                          f"(file {row[0]}, SHA-256 {row[1]})", keep=True)
+
+
+def _same_target(cur: Any, build_id: int, build: PendingBuild) -> bool:
+    cur.execute("SELECT 1 FROM builds b, builds n WHERE b.build_id = %s AND n.build_id = %s "
+                "AND (b.package, b.version, b.abi, b.platform) = "
+                "    (n.package, n.version, n.abi, n.platform)", (build_id, build.build_id))
+    return cur.fetchone() is not None
+
+
+def _rebuild_requested(cur: Any, build: PendingBuild) -> bool:
+    """Whether an operator asked to rebuild this build's release and target (and clear it)."""
+    cur.execute("""DELETE FROM rebuilds r USING builds b
+                    WHERE b.build_id = %s AND (r.package, r.version, r.abi, r.platform) =
+                          (b.package, b.version, b.abi, b.platform)""", (build.build_id,))
+    return cur.rowcount > 0
+
+
+def _supersede(cur: Any, build: PendingBuild, published: list[str]) -> None:
+    """After a rebuild published its wheels: the earlier builds' files of the same target
+    that it did not replace by name leave the index too."""
+    cur.execute("""UPDATE files f SET state = 'removed', reason = %s
+                     FROM builds b, builds n
+                    WHERE f.state = 'published' AND f.build_id = b.build_id
+                      AND n.build_id = %s AND b.build_id <> n.build_id
+                      AND (b.package, b.version, b.abi, b.platform) =
+                          (n.package, n.version, n.abi, n.platform)
+                      AND NOT f.filename = ANY(%s)""",
+                (f"replaced by build {build.build_id} (pinwheel rebuild)", build.build_id,
+                 published))
 
 
 def _publish_wheel(cfg: MasterConfig, src_dir: Path, wheel: VerifiedWheel) -> os.stat_result:
@@ -304,11 +338,12 @@ def _verify(cfg: MasterConfig, build: PendingBuild, filename: str, size: int,
 
 
 def _ingest_wheel(cur: Any, cfg: MasterConfig, build: PendingBuild,
-                  row: tuple[int, str, int, str], outcome: _Outcome) -> None:
+                  row: tuple[int, str, int, str], outcome: _Outcome,
+                  rebuild: bool = False) -> None:
     file_id, filename, size, sha256 = row
     try:
         src_dir, wheel = _verify(cfg, build, filename, size, sha256)
-        _clash(cur, wheel)
+        _clash(cur, wheel, build if rebuild else None)
         st = _publish_wheel(cfg, src_dir, wheel)
     except Rejected as exc:
         _quarantine_file(cur, cfg, build, file_id, filename, exc.reason, outcome)
@@ -383,10 +418,13 @@ def _ingest_build(cur: Any, cfg: MasterConfig, build: PendingBuild) -> _Outcome:
     cur.execute("SELECT NOT EXISTS (SELECT 1 FROM files WHERE package = %s "
                 "AND state = 'published')", (build.package,))
     first_files = cur.fetchone()[0]
+    rebuild = _rebuild_requested(cur, build)
     cur.execute("SELECT file_id, filename, size, sha256 FROM files "
                 "WHERE build_id = %s AND state = 'pending' ORDER BY file_id", (build.build_id,))
     for row in cur.fetchall():
-        _ingest_wheel(cur, cfg, build, row, outcome)
+        _ingest_wheel(cur, cfg, build, row, outcome, rebuild)
+    if rebuild and outcome.published:
+        _supersede(cur, build, outcome.published)
     _ingest_log(cur, cfg, build, outcome)
     cur.execute("UPDATE builds SET ingest_state = 'done', ingested_at = now() "
                 "WHERE build_id = %s", (build.build_id,))

@@ -38,7 +38,7 @@ from typing import Any, Callable
 import psycopg2
 import psycopg2.extras
 
-from . import db, index, names, new_targets, planner, upstream
+from . import db, dependencies, index, names, new_targets, planner, upstream
 from .config import ConfigError, MasterConfig
 from .ingest import index_options
 from .simple_index import armv6l_alias
@@ -131,6 +131,19 @@ class Watcher:
             if self.stop.is_set():
                 break
             self._one(package, result)
+        if self.wcfg.mode == "allowlist":
+            # Dependencies found during this poll are recorded in it too (transitively).
+            seen = set(due)
+            while not self.stop.is_set():
+                more = [p for p in self._due(False) if p not in seen]
+                if not more:
+                    break
+                seen.update(more)
+                result.due += len(more)
+                for package in more:
+                    if self.stop.is_set():
+                        break
+                    self._one(package, result)
         self.flush_pages()
         return result
 
@@ -197,14 +210,24 @@ class Watcher:
                 wanted.append(names.normalise(name))
             else:
                 log.warning("ignoring %r in the watch allowlist: not a valid project name", name)
+        wanted = sorted(set(wanted))
         with db.transaction(self.conn) as cur:
             self._state(cur)
             cur.execute("UPDATE watch_state SET polled_at = now()")
-            cur.execute("UPDATE watch_projects SET listed = (package = ANY(%s))",
-                        (sorted(set(wanted)),))
-            for package in sorted(set(wanted)):
+            for package in wanted:
                 cur.execute("INSERT INTO watch_projects (package, listed) VALUES (%s, true) "
-                            "ON CONFLICT (package) DO NOTHING", (package,))
+                            "ON CONFLICT (package) DO UPDATE SET dependency_of = NULL",
+                            (package,))
+            # Listed: the allowlist, and the dependencies of what is listed (transitively).
+            cur.execute("""WITH RECURSIVE keep(package) AS (
+                               SELECT unnest(%s::text[])
+                               UNION
+                               SELECT w.package FROM watch_projects w
+                                 JOIN keep k ON w.dependency_of = k.package)
+                           UPDATE watch_projects w SET listed = (w.package IN (SELECT package
+                                                                                 FROM keep))
+                            WHERE w.listed <> (w.package IN (SELECT package FROM keep))""",
+                        (wanted,))
         return False
 
     def _due(self, serials: bool) -> list[str]:
@@ -229,18 +252,32 @@ class Watcher:
         etag, modified = row[0] if row else (None, None)
         url = upstream.project_url(self.url, package)
         try:
-            page = upstream.fetch_page(url, etag, modified, self.wcfg.timeout,
-                                       self.cfg.ca_bundle)
-        except upstream.ProjectNotFound:
+            page: upstream.Page | upstream.UpstreamError = upstream.fetch_page(
+                url, etag, modified, self.wcfg.timeout, self.cfg.ca_bundle)
+        except upstream.UpstreamUnavailable:
+            raise  # the whole upstream is unwell: the poll stops and backs off
+        except upstream.UpstreamError as exc:
+            page = exc
+        self.take(package, page, result)
+
+    def take(self, package: str, page: upstream.Page | upstream.UpstreamError,
+             result: PollResult) -> None:
+        """Process one project's fetched page (or the error fetching it), in one transaction.
+
+        The watcher fetches then calls this; ``pinwheel import`` fetches many pages
+        concurrently and calls it for each, so both record a project the same way.
+        """
+        url = upstream.project_url(self.url, package)
+        if isinstance(page, upstream.ProjectNotFound):
             change = self._removed(package)
             if change.events:
                 result.removed += 1
             self._count(change, result)
             return
-        except upstream.UpstreamUnavailable:
-            raise  # the whole upstream is unwell: the poll stops and backs off
-        except upstream.UpstreamError as exc:
-            self._error(package, str(exc), result)
+        if isinstance(page, upstream.UpstreamUnavailable):
+            raise page
+        if isinstance(page, upstream.UpstreamError):
+            self._error(package, str(page), result)
             return
         if page.body is None:
             result.unchanged += 1
@@ -277,6 +314,39 @@ class Watcher:
         if change.events:
             result.changed += 1
         self._count(change, result)
+        if self.wcfg.mode == "allowlist":
+            self._add_dependencies(package, proj)
+
+    def _add_dependencies(self, package: str, proj: upstream.UpstreamProject) -> None:
+        """Allowlist mode: follow the runtime dependencies of the newest release too."""
+        releases = planner.releases_of(proj)
+        version = newest_release(releases)
+        if version is None:
+            return
+        source = dependencies.metadata_file(releases[version])
+        if source is None:
+            log.info("%s %s: the upstream offers no core metadata (PEP 658); its dependencies "
+                     "are not followed", package, version)
+            return
+        try:
+            requires = dependencies.read_requires(source, self.wcfg.timeout, self.cfg.ca_bundle)
+        except upstream.UpstreamError as exc:
+            log.warning("%s %s: dependencies not followed: %s", package, version, exc)
+            return
+        targets = db.call(self.conn, "SELECT abi, platform FROM targets "
+                                     "WHERE skip_reason IS NULL ORDER BY abi, platform")
+        needed = dependencies.runtime_dependencies(
+            requires, dependencies.environments([(r[0], r[1]) for r in targets])) - {package}
+        with db.transaction(self.conn) as cur:
+            for dep in sorted(needed):
+                cur.execute("""INSERT INTO watch_projects (package, listed, dependency_of)
+                               VALUES (%s, true, %s)
+                               ON CONFLICT (package) DO UPDATE
+                                  SET listed = true, dependency_of = EXCLUDED.dependency_of
+                                WHERE NOT watch_projects.listed
+                               RETURNING package""", (dep, package))
+                if cur.fetchone() is not None:
+                    log.info("%s: added as a dependency of %s %s", dep, package, version)
 
     def _count(self, change: _Change, result: PollResult) -> None:
         result.events += len(change.events)
