@@ -169,6 +169,16 @@ def test_every_job_is_built_exactly_once(built: Farm):
     assert builders <= set(BUILDERS)
 
 
+def test_agents_report_their_free_disk(built: Farm):
+    # The agent pings with its work directory's free space (builder_ping, at most once a
+    # minute): shown on /builders/, in `pinwheel status` and in the metrics.
+    rows = built.sql("SELECT builder, disk_free_mb, disk_reported_at IS NOT NULL FROM builders "
+                     "WHERE builder = ANY(%s)", (list(BUILDERS),))
+    assert {r[0] for r in rows} == set(BUILDERS)
+    for builder, free, reported in rows:
+        assert reported and free is not None and free > 0, builder
+
+
 def test_published_files_are_on_the_index(built: Farm):
     published = built.sql("SELECT filename, sha256 FROM files WHERE state = 'published' "
                           "ORDER BY filename")

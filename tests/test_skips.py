@@ -71,14 +71,25 @@ def test_skipping_a_project_or_a_target(pg, database, conf, capsys):
     assert len(queued(pg, database)) == 4
 
 
-def test_a_build_already_running_is_not_cancelled(pg, database, conf, capsys):
+def test_a_running_build_finishes_if_its_target_is_skipped_not_its_release(
+        pg, database, conf, capsys):
     dsn = pg.create_login(database, "skip_builder", BUILDER_GROUP, "b-pw")
     q = BuilderQueue(db.connect(dsn))
     q.register("cp311", "linux_x86_64", "debian bookworm", "3.11.2")
     job = q.claim()
-    run(conf, capsys, "skip", "foo", job.version, "--reason", "later")
+    code, out, _ = run(conf, capsys, "skip", "--target", X86, "--reason", "later")
+    assert code == 0 and "a build already running finishes" in out
     assert pg.query(database, "SELECT state FROM jobs WHERE job_id = %s", (job.job_id,)) == \
         [("leased",)]
+    q.heartbeat(job)
+    # Skipping the release cancels the build: the builder's next heartbeat is told so
+    # (tests/test_queue_order.py and tests/test_cancel_running.py for the rest).
+    run(conf, capsys, "skip", "foo", job.version, "--reason", "later")
+    assert pg.query(database, "SELECT state FROM jobs WHERE job_id = %s", (job.job_id,)) == []
+    assert pg.query(database, "SELECT status FROM builds WHERE job_id = %s", (job.job_id,)) == \
+        [("cancelled",)]
+    with pytest.raises(db.JobCancelled):
+        q.heartbeat(job)
     q.conn.close()
 
 

@@ -76,6 +76,7 @@ class IndexFile:
     size: int
     requires_python: str | None = None
     yanked: bool | str = False
+    metadata_sha256: str | None = None  # its core metadata is served (PEP 658)
 
 
 # -- building the files ------------------------------------------------------
@@ -296,6 +297,11 @@ class _Handler(BaseHTTPRequestHandler):
         elif (m := re.fullmatch(r"/files/([^/]+)", path)) and m.group(1) in index.by_filename:
             body = (index.files_dir / m.group(1)).read_bytes()
             self._send(200, body, "application/octet-stream")
+        elif ((m := re.fullmatch(r"/files/([^/]+)\.metadata", path))
+              and index.by_filename.get(m.group(1)) is not None
+              and index.by_filename[m.group(1)].metadata_sha256):
+            body = (index.files_dir / f"{m.group(1)}.metadata").read_bytes()
+            self._send(200, body, "application/octet-stream")
         else:
             self._send(404, b"not found\n", "text/plain")
 
@@ -360,22 +366,33 @@ class UpstreamIndex:
         self.last_serial += 1
         self.serial_of[project] = self.last_serial
 
-    def _synthetic(self, filename: str, project: str, version: str) -> IndexFile:
+    def _synthetic(self, filename: str, project: str, version: str,
+                   requires: tuple[str, ...] | None = None) -> IndexFile:
         path = self.files_dir / filename
         path.write_bytes(f"synthetic {filename}\n".encode())
-        return _index_file(path, project, version, None)
+        f = _index_file(path, project, version, None)
+        if requires is None:
+            return f
+        metadata = "".join([f"Metadata-Version: 2.1\nName: {project}\nVersion: {version}\n",
+                            *(f"Requires-Dist: {r}\n" for r in requires)]).encode()
+        (self.files_dir / f"{filename}.metadata").write_bytes(metadata)
+        return replace(f, metadata_sha256=hashlib.sha256(metadata).hexdigest())
 
     def add_release(self, name: str, version: str, sdist: bool = True,
-                    wheels: tuple[str, ...] = ()) -> None:
+                    wheels: tuple[str, ...] = (),
+                    requires: tuple[str, ...] | None = None) -> None:
         """Publish ``version`` of ``name`` (any spelling; a new project is listed under it):
-        an sdist and/or wheels with the given tags (e.g. ``py3-none-any``)."""
+        an sdist and/or wheels with the given tags (e.g. ``py3-none-any``). ``requires``:
+        the files' core metadata (PEP 658) is served, with these ``Requires-Dist``."""
         project = canonicalize_name(name)
         stem = f"{project.replace('-', '_')}-{version}"
         with self.lock:
             if project not in self.by_project and name != project:
                 self.display[project] = name
-            new = [self._synthetic(f"{stem}.tar.gz", project, version)] if sdist else []
-            new += [self._synthetic(f"{stem}-{tag}.whl", project, version) for tag in wheels]
+            new = ([self._synthetic(f"{stem}.tar.gz", project, version, requires)]
+                   if sdist else [])
+            new += [self._synthetic(f"{stem}-{tag}.whl", project, version, requires)
+                    for tag in wheels]
             self.files += new
             self._reindex()
             self._bump(project)
@@ -459,6 +476,8 @@ class UpstreamIndex:
                 entry["requires-python"] = f.requires_python
             if f.yanked:
                 entry["yanked"] = f.yanked
+            if f.metadata_sha256:
+                entry["core-metadata"] = {"sha256": f.metadata_sha256}
             files.append(entry)
         meta: dict[str, Any] = {"api-version": "1.1"}
         if self.serials:
@@ -474,6 +493,8 @@ class UpstreamIndex:
             if f.yanked:
                 reason = f.yanked if isinstance(f.yanked, str) else ""
                 attrs += f' data-yanked="{html.escape(reason)}"'
+            if f.metadata_sha256:
+                attrs += f' data-core-metadata="sha256={f.metadata_sha256}"'
             links.append(f"<a {attrs}>{html.escape(f.filename)}</a><br/>\n")
         return _html_page(f"Links for {name}", "".join(links))
 

@@ -15,7 +15,9 @@ is heartbeated meanwhile, for as long as its lease holds; nothing is rebuilt
 for it. A finished build is recorded in the outbox (:mod:`pinwheel.outbox`)
 before it is pushed, so an agent that restarts delivers it (if the files are
 intact and the database says the job is still this builder's) instead of
-building it again. When the work directory's file system is nearly full the agent claims
+building it again. A job cancelled while it builds (its release deleted upstream or
+skipped: the heartbeat is refused with :class:`db.JobCancelled`) is killed and reported
+nowhere. When the work directory's file system is nearly full the agent claims
 nothing (and says so) until space is freed. It tells systemd it is ready and
 alive (:mod:`pinwheel.notify`).
 """
@@ -38,6 +40,8 @@ from pathlib import Path
 from types import FrameType
 from typing import Callable, TypeVar
 
+import psycopg2
+
 from . import aptdeps, db, names, outbox, push
 from .config import AgentConfig
 from .limits import free_mb
@@ -47,6 +51,8 @@ from .sandbox import BuildAborted, BuildResult, Sandbox, probe_interpreter
 
 log = logging.getLogger("pinwheel.agent")
 T = TypeVar("T")
+# Seconds between two reports of the free disk space to the master (builder_ping).
+DISK_REPORT_SECONDS = 60
 
 
 def sha256_of(path: Path) -> str:
@@ -86,6 +92,7 @@ class Agent:
         self.notifier = Notifier()
         self.drain_deadline: float | None = None  # monotonic time the drain ends
         self.claims_paused_for_disk = False
+        self.disk_reported_at: float | None = None  # monotonic time of the last report
 
     # ------------------------------------------------------------ signals
 
@@ -220,6 +227,7 @@ class Agent:
         self.resume_leftovers()
         while not self.stopping.is_set():
             self.notifier.kick()
+            self._report_disk()
             if not self._disk_allows_claims():
                 self._sleep(min(self.cfg.poll_seconds, 30), self.stopping)
                 continue
@@ -254,6 +262,22 @@ class Agent:
                      free, self.cfg.work_dir)
             self.claims_paused_for_disk = False
         return True
+
+    def _report_disk(self) -> None:
+        """Tell the master the work directory's free space, at most once a minute.
+
+        Shown on the master's /builders/ page and in its metrics; a failure is
+        logged and never stops the agent (an older master lacks the function).
+        """
+        now = time.monotonic()
+        if self.disk_reported_at is not None and now - self.disk_reported_at < DISK_REPORT_SECONDS:
+            return
+        self.disk_reported_at = now
+        try:
+            free = free_mb(self.cfg.work_dir)
+            self._db(lambda q: q.ping(free), retry=False)
+        except (OSError, db.PinwheelError, psycopg2.Error) as exc:
+            log.warning("could not report the free disk space: %s", exc)
 
     def _wait_for_work(self, queue: BuilderQueue) -> bool:
         wake = (self._wake_r,) if self._wake_r is not None else ()
@@ -328,9 +352,13 @@ class Agent:
                                         tick_seconds=self.cfg.heartbeat_seconds,
                                         header=self._log_header(job), poll=self._poll_build)
         except BuildAborted as exc:
+            shutil.rmtree(outbox_dir, ignore_errors=True)
+            if isinstance(exc.__cause__, db.JobCancelled):
+                log.warning("job %d: build of %s %s stopped: %s; nothing is reported, moving "
+                            "on", job.job_id, job.package, job.version, exc.__cause__)
+                return
             log.warning("job %d: build stopped: %s", job.job_id, exc)
             self._hand_back(job)
-            shutil.rmtree(outbox_dir, ignore_errors=True)
             return
         try:
             self._deliver(job, result, outbox_dir)
@@ -353,12 +381,15 @@ class Agent:
             raise BuildAborted("the agent is stopping now")
         try:
             self._db(lambda q: q.heartbeat(job, self.cfg.lease_seconds), retry=False)
+        except db.JobCancelled as exc:
+            raise BuildAborted(f"cancelled by the master: {exc}") from exc
         except db.LeaseLost as exc:
             raise BuildAborted(f"lease lost: {exc}") from exc
         except db.DatabaseUnavailable as exc:
             # Keep going: the lease has time left, and finish will tell.
             log.warning("job %d: heartbeat failed: %s", job.job_id, exc)
             return False
+        self._report_disk()
         return True
 
     def _hand_back(self, job: Job) -> None:
@@ -407,6 +438,10 @@ class Agent:
             build_id = self._db(lambda q: q.finish(job, pending.status, pending.started,
                                                    pending.duration, pending.log,
                                                    pending.files))
+        except db.JobCancelled as exc:
+            log.warning("job %d: the master refused the result (%s): %s; nothing of it is "
+                        "published, moving on", job.job_id, pending.status, exc)
+            return
         except db.LeaseLost as exc:
             log.warning("job %d: result discarded: %s", job.job_id, exc)
             return

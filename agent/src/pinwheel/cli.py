@@ -205,8 +205,9 @@ def cmd_skip(args: argparse.Namespace, skipping: bool) -> int:
         else:
             print(f"{result.what} was already skipped for that reason; "
                   f"{result.cancelled} queued job(s) cancelled")
-        print("Nothing is queued for it until `pinwheel unskip`; a build already running "
-              "finishes.")
+        running = ("a build already running finishes" if args.target else
+                   "a build of it already running is cancelled (its builder stops it)")
+        print(f"Nothing is queued for it until `pinwheel unskip`; {running}.")
     else:
         result = skips.unskip(conn, args.name, args.version, args.target)
         state = "unskipped" if result.changed else "was not skipped"
@@ -215,48 +216,189 @@ def cmd_skip(args: argparse.Namespace, skipping: bool) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    from . import status
     cfg = MasterConfig.load(args.config)
     conn = db.connect(cfg.dsn, application_name="pinwheel-status")
-    queue = db.call(conn, """
-        SELECT t.abi, t.platform, count(j.*) FILTER (WHERE j.state = 'queued'),
-               count(j.*) FILTER (WHERE j.state = 'leased'),
-               coalesce(t.skip_reason, '')
-        FROM targets t LEFT JOIN jobs j USING (abi, platform)
-        GROUP BY t.abi, t.platform ORDER BY t.abi, t.platform""")
-    builders = db.call(conn, """
-        SELECT b.builder, b.abi, b.platform, b.os_release,
-               CASE WHEN b.paused THEN 'paused' ELSE 'active' END,
-               to_char(now() - b.last_seen, 'HH24:MI:SS'),
-               (SELECT j.package || ' ' || j.version || ' (' ||
-                       to_char(now() - j.claimed_at, 'HH24:MI:SS') || ')'
-                FROM jobs j WHERE j.builder = b.builder AND j.state = 'leased' LIMIT 1)
-        FROM builders b ORDER BY b.builder""")
-    recent = db.call(conn, """
-        SELECT b.build_id, b.package, b.version, b.abi, b.platform, b.builder, b.status,
-               round(extract(epoch FROM b.duration)::numeric, 1), b.ingest_state
-        FROM builds b ORDER BY b.build_id DESC LIMIT %s""", (args.recent,))
+    try:
+        doc = status.collect(conn, recent=args.recent)
+    finally:
+        conn.close()
     if args.json:
-        json.dump({
-            "queue": [dict(zip(("abi", "platform", "queued", "building", "skip_reason"), r))
-                      for r in queue],
-            "builders": [dict(zip(("builder", "abi", "platform", "os_release", "state",
-                                   "last_seen_ago", "current_job"), r)) for r in builders],
-            "recent_builds": [dict(zip(("build_id", "package", "version", "abi", "platform",
-                                        "builder", "status", "seconds", "ingest"), r),
-                                   seconds=float(r[7] or 0))
-                              for r in recent],
-        }, sys.stdout, indent=2, default=str)
+        json.dump(doc, sys.stdout, indent=2)
         print()
         return 0
-    print("Queue")
-    print(_table(("abi", "platform", "queued", "building", "skipped"), queue)
-          if queue else "  (no targets yet: no builder has registered)")
-    print("\nBuilders")
-    print(_table(("builder", "abi", "platform", "os", "state", "last seen", "building"),
-                 builders) if builders else "  (none registered)")
-    print("\nRecent builds")
-    print(_table(("build", "package", "version", "abi", "platform", "builder", "status",
-                  "seconds", "ingest"), recent) if recent else "  (none yet)")
+    base = cfg.public_index_url.rstrip("/")
+    base = base[:-len("/simple")] if base.endswith("/simple") else ""
+    print(status.render_text(doc, base_url=base))
+    return 0
+
+
+def cmd_stats_render(args: argparse.Namespace) -> int:
+    from . import stats_pages
+    cfg = MasterConfig.load(args.config)
+    conn = db.connect(cfg.dsn, application_name="pinwheel-stats")
+    try:
+        written = stats_pages.render(conn, cfg.www_root, days=args.days)
+    finally:
+        conn.close()
+    print(f"wrote {', '.join(str(p) for p in written)}")
+    return 0
+
+
+def cmd_metrics(args: argparse.Namespace) -> int:
+    from . import metrics
+    cfg = MasterConfig.load(args.config)
+    conn = db.connect(cfg.dsn, application_name="pinwheel-metrics")
+    try:
+        if args.textfile:
+            path = Path(args.textfile)
+            if not path.parent.is_dir():
+                print(f"pinwheel: error: {path.parent} is not a directory: create it (it is "
+                      "node_exporter's --collector.textfile.directory) or give another "
+                      "--textfile", file=sys.stderr)
+                return 1
+            metrics.write_textfile(conn, path)
+        else:
+            sys.stdout.write(metrics.collect(conn))
+    finally:
+        conn.close()
+    return 0
+
+
+def _queue_scope(args: argparse.Namespace, verb: str) -> tuple[Any, Any] | int:
+    """Connect and check what ``args`` names: (connection, scope), or an exit status."""
+    from . import operator_queue
+    if args.target is not None:
+        try:
+            operator_queue.split_target(args.target)
+        except ValueError as exc:
+            print(f"usage: pinwheel {verb} NAME [VERSION] [--target ABI-PLATFORM]: {exc}",
+                  file=sys.stderr)
+            return 2
+    cfg = MasterConfig.load(args.config)
+    conn = db.connect(cfg.dsn, application_name=f"pinwheel-{verb}")
+    try:
+        return conn, operator_queue.resolve(conn, args.name, args.version, args.target)
+    except operator_queue.NothingMatched as exc:
+        print(f"pinwheel: error: {exc}", file=sys.stderr)
+        return 1
+
+
+def cmd_bump(args: argparse.Namespace) -> int:
+    from . import operator_queue
+    found = _queue_scope(args, "bump")
+    if isinstance(found, int):
+        return found
+    conn, scope = found
+    try:
+        jobs = operator_queue.bump(conn, scope)
+    except operator_queue.NothingMatched as exc:
+        print(f"pinwheel: error: {exc}", file=sys.stderr)
+        return 1
+    moved = sum(j.outcome == "moved to the front" for j in jobs)
+    print(f"{scope.what}: {moved} queued job(s) moved to the front of the queue")
+    print(_table(("job", "version", "target", "state", "done"),
+                 [(j.job_id, j.version, j.target, j.state, j.outcome) for j in jobs]))
+    return 0
+
+
+def cmd_retry(args: argparse.Namespace) -> int:
+    from . import operator_queue
+    found = _queue_scope(args, "retry")
+    if isinstance(found, int):
+        return found
+    conn, scope = found
+    try:
+        builds = operator_queue.retry(conn, scope)
+    except operator_queue.NothingMatched as exc:
+        print(f"pinwheel: error: {exc}", file=sys.stderr)
+        return 1
+    queued = sum(b.queued for b in builds)
+    print(f"{scope.what}: {queued} failed build(s) queued again, at the front of the queue")
+    print(_table(("version", "target", "last build", "finished", "job", "done"),
+                 [(b.version, b.target, b.last_status, b.finished_at.strftime("%Y-%m-%d %H:%M"),
+                   b.job_id or "", b.outcome) for b in builds]))
+    if not any(b.queued or b.job_id for b in builds):
+        print("pinwheel: error: nothing could be queued again (see the last column: "
+              "`pinwheel unskip` what is skipped)", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    from . import importer
+    cfg = MasterConfig.load(args.config)
+    if args.upstream:
+        cfg.upstream_url = args.upstream
+    if args.workers < 1:
+        print("pinwheel import: --workers must be at least 1", file=sys.stderr)
+        return 2
+    if not args.verbose:
+        # One line per new release is the watcher's log; for a whole upstream, the progress
+        # (bar, or a line every 5 %) says more.
+        logging.getLogger("pinwheel.watch").setLevel(logging.WARNING)
+    conn = db.connect(cfg.dsn, application_name="pinwheel-import")
+    try:
+        result = importer.run(conn, cfg, args.workers, progress=_progress_bar(sys.stderr))
+    finally:
+        conn.close()
+    poll = result.poll
+    rate = poll.due / result.seconds if result.seconds > 0 else 0.0
+    print(f"{cfg.upstream_url}: {result.listed} project(s) listed, {result.before} imported "
+          f"before this run, {poll.due} now ({rate:.0f}/s); {poll.events} event(s), "
+          f"{poll.jobs} job(s) queued, {poll.removed} removed upstream")
+    if poll.errors:
+        for error in poll.errors[:20]:
+            print(f"pinwheel: error: {error}", file=sys.stderr)
+        print(f"pinwheel: error: {len(poll.errors)} project(s) could not be read (see "
+              "watch_projects.last_error); run `pinwheel import` again to retry them, or let "
+              "`pinwheel watch` do it", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_rebuild(args: argparse.Namespace) -> int:
+    from . import operator_release as ops
+    cfg = MasterConfig.load(args.config)
+    conn = db.connect(cfg.dsn, application_name="pinwheel-rebuild")
+    try:
+        result = ops.rebuild(conn, args.name, args.version, args.target, args.priority,
+                             args.reason)
+    except ops.NothingMatched as exc:
+        print(f"pinwheel rebuild: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        conn.close()
+    print(_table(("version", "target", "last build", "published files", "rebuild"),
+                 [(r.version, r.target, r.last_build, r.published,
+                   "queued" if r.queued else "a job is queued or running already")
+                  for r in result.rows]))
+    print(f"{result.package}: {result.queued} build(s) queued. The published wheels stay on "
+          "the index until each new build replaces them; a failed rebuild leaves them.")
+    return 0
+
+
+def cmd_remove(args: argparse.Namespace) -> int:
+    from . import ingest
+    from . import operator_release as ops
+    cfg = MasterConfig.load(args.config)
+    conn = db.connect(cfg.dsn, application_name="pinwheel-remove")
+    try:
+        result = ops.remove(conn, cfg.www_root, ingest.index_options(cfg), args.name,
+                            args.version, args.reason)
+    except ops.NothingMatched as exc:
+        print(f"pinwheel remove: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        conn.close()
+    what = f"{result.package} {result.version}" if result.version else result.package
+    if result.files:
+        print(_table(("unpublished file",), [(f,) for f in result.files]))
+    print(f"removed {what}: {len(result.files)} file(s) unpublished, {result.cancelled} "
+          f"job(s) cancelled{' (it was removed before)' if result.already else ''}.")
+    print(f"It stays skipped ({ops.REMOVED_PREFIX}{' '.join(args.reason.split())}): the "
+          f"watcher does not queue it again; `pinwheel unskip {result.package}"
+          f"{' ' + result.version if result.version else ''}` builds it again.")
     return 0
 
 
@@ -394,6 +536,62 @@ def parser() -> argparse.ArgumentParser:
     lg.add_argument("--top", type=int, default=20, help="projects in --summary (default 20)")
     lg.add_argument("--days", type=int, default=14, help="days in --summary (default 14)")
     lg.set_defaults(func=cmd_logs)
+    im = sub.add_parser("import", help="record every project of the upstream and queue their "
+                                       "builds (mirror mode; resumable: run it again after an "
+                                       "interruption)")
+    im.add_argument("--config", default=MASTER_CONF, help=f"default {MASTER_CONF}")
+    im.add_argument("--upstream", help="upstream simple index URL (default: from the config)")
+    im.add_argument("--workers", type=int, default=8,
+                    help="projects fetched and recorded at once (default 8)")
+    im.set_defaults(func=cmd_import)
+
+    rbd = sub.add_parser("rebuild", help="build releases already built again (after a builder "
+                                         "fix); the published wheels stay until replaced")
+    rbd.add_argument("name", help="project name, any spelling")
+    rbd.add_argument("version", nargs="?", help="only this release (default: every one built)")
+    rbd.add_argument("--target", metavar="ABI-PLATFORM", help="only this target")
+    rbd.add_argument("--priority", type=int, default=0, help="higher builds sooner (default 0)")
+    rbd.add_argument("--reason", default="rebuild requested",
+                     help="why (recorded in operator_actions)")
+    rbd.add_argument("--config", default=MASTER_CONF, help=f"default {MASTER_CONF}")
+    rbd.set_defaults(func=cmd_rebuild)
+
+    rm = sub.add_parser("remove", help="unpublish a project or a release, cancel its jobs and "
+                                       "skip it (the watcher does not add it back)")
+    rm.add_argument("name", help="project name, any spelling")
+    rm.add_argument("version", nargs="?", help="only this release")
+    rm.add_argument("--reason", required=True, help="why (recorded, and shown as the skip)")
+    rm.add_argument("--config", default=MASTER_CONF, help=f"default {MASTER_CONF}")
+    rm.set_defaults(func=cmd_remove)
+
+    sts = sub.add_parser("stats", help="the /stats/ and /builders/ pages (master)")
+    stsub = sts.add_subparsers(dest="stats_command", required=True, metavar="ACTION")
+    sr = stsub.add_parser("render", help="write /stats/ and /builders/ under the www root "
+                                         "(pinwheel-stats.timer)")
+    sr.add_argument("--config", default=MASTER_CONF, help=f"default {MASTER_CONF}")
+    sr.add_argument("--days", type=int, default=30, help="days shown in the charts (default 30)")
+    sr.set_defaults(func=cmd_stats_render)
+
+    me = sub.add_parser("metrics", help="the farm's metrics in Prometheus' text format")
+    me.add_argument("--config", default=MASTER_CONF, help=f"default {MASTER_CONF}")
+    me.add_argument("--textfile", metavar="PATH",
+                    help="write them atomically to PATH (node_exporter's textfile collector, "
+                         "e.g. /var/lib/prometheus/node-exporter/pinwheel.prom) instead of "
+                         "printing them")
+    me.set_defaults(func=cmd_metrics)
+
+    for verb, func, what in (
+            ("bump", cmd_bump, "move the queued jobs of a project, a release or one target of "
+                               "it to the front of the queue"),
+            ("retry", cmd_retry, "queue again, at the front, the failed or timed-out builds of a "
+                                 "project, a release or one target of it")):
+        bq = sub.add_parser(verb, help=what)
+        bq.add_argument("name", help="project name, any spelling")
+        bq.add_argument("version", nargs="?", help="only this release")
+        bq.add_argument("--target", metavar="ABI-PLATFORM",
+                        help="only this build target, e.g. cp311-linux_armv7l")
+        bq.add_argument("--config", default=MASTER_CONF, help=f"default {MASTER_CONF}")
+        bq.set_defaults(func=func)
     return p
 
 

@@ -29,6 +29,11 @@ class LeaseLost(PinwheelError):
     """The job is no longer held by this builder under this token."""
 
 
+class JobCancelled(LeaseLost):
+    """The job was cancelled while this builder held it (its release was removed upstream
+    or skipped): stop the build and report nothing."""
+
+
 class NotRegistered(PinwheelError):
     """The builder has not registered (or its ABI is unknown)."""
 
@@ -43,6 +48,7 @@ class InvalidReport(PinwheelError):
 
 _CODES: dict[str, type[PinwheelError]] = {
     "PWL01": LeaseLost,
+    "PWL02": JobCancelled,
     "PWB01": NotRegistered,
     "PWB02": RegistrationMismatch,
     "PWV01": InvalidReport,
@@ -51,7 +57,9 @@ _CODES: dict[str, type[PinwheelError]] = {
 
 def translate(exc: psycopg2.Error) -> PinwheelError | None:
     """The Pinwheel exception for a database error raised by our functions."""
-    cls = _CODES.get(exc.pgcode or "")
+    code = exc.pgcode or ""
+    # A lease error this agent does not know yet (a newer database) is still a lost lease.
+    cls = _CODES.get(code) or (LeaseLost if code.startswith("PWL") else None)
     if cls is None:
         return None
     diag = exc.diag

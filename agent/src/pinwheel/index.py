@@ -71,7 +71,8 @@ JSON_FILE = "index.json"
 # farm), instead of serving old pages beside new ones.
 #   1  PEP 503 HTML only
 #   2  Simple API 1.4 (HTML and JSON), project pages with a column per build target
-INDEX_FORMAT = "2"
+#   3  project pages mark releases removed upstream, and cancelled builds
+INDEX_FORMAT = "3"
 FORMAT_STAMP = ".pinwheel-index-format"  # in www_root, written last by rebuild()
 
 PROJECT_DIRS = ("simple", "project", "packages")  # under www_root, one <package>/ in each

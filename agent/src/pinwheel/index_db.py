@@ -2,7 +2,8 @@
 
 ``project_files`` is all the Simple API needs; ``load_project`` adds what a
 project page shows: the project's status, its releases, the latest build of
-every release on every ABI, and the live jobs. Every reader runs in one
+every release on every target, the targets a pure or abi3 wheel built, and
+the live jobs. Every reader runs in one
 read-only snapshot, so a page never mixes two states of the catalogue.
 """
 
@@ -32,7 +33,8 @@ _PROJECT = """
     SELECT display_name, status, status_reason, skip_reason FROM packages WHERE package = %s
 """
 _RELEASES = """
-    SELECT version, released, yanked, yanked_reason, skip_reason, has_sdist, requires_python
+    SELECT version, released, yanked, yanked_reason, skip_reason, has_sdist, requires_python,
+           removed_upstream_at
       FROM versions WHERE package = %s
 """
 _LATEST_BUILDS = """
@@ -63,6 +65,18 @@ _FILE_LIBRARIES = """
      GROUP BY f.file_id
 """
 _TARGETS = "SELECT abi || '-' || platform, skip_reason FROM targets ORDER BY abi, platform"
+# Targets built by a verified pure or abi3 wheel of another target's build (migration 8);
+# the first such wheel of each release and target.
+_COVERED = """
+    SELECT DISTINCT ON (f.version, t.abi, t.platform)
+           f.version, t.abi || '-' || t.platform, f.filename, b.build_id, b.log_path,
+           b.abi || '-' || b.platform
+      FROM files f
+      JOIN builds b ON b.build_id = f.build_id AND b.status = 'success'
+      JOIN targets t ON wheel_covers(f.python_tag, f.abi_tag, f.platform_tag, t.abi, t.platform)
+     WHERE f.package = %s AND f.state = 'published' AND f.covers
+     ORDER BY f.version, t.abi, t.platform, f.file_id
+"""
 
 
 @dataclass(frozen=True)
@@ -85,6 +99,7 @@ class Release:
     skip_reason: str | None
     has_sdist: bool
     requires_python: str | None
+    removed_upstream_at: datetime | None = None  # pinwheel watch found it deleted upstream
 
 
 @dataclass(frozen=True)
@@ -94,13 +109,23 @@ class Build:
     version: str
     target: str
     build_id: int
-    status: str              # success, failed, timeout, abandoned
+    status: str              # success, failed, timeout, abandoned, cancelled
     log_path: str | None     # relative to www_root, e.g. logs/12.log.gz
     ingest_state: str        # pending, done
     seconds: float | None
     finished_at: datetime
     builder: str | None
     published: bool          # at least one of its files is on the index
+
+
+@dataclass(frozen=True)
+class Covered:
+    """A release's target built by a wheel that serves several targets."""
+
+    filename: str            # the covering wheel
+    build_id: int
+    log_path: str | None     # of that build
+    built_on: str            # the target that built it
 
 
 @dataclass(frozen=True)
@@ -124,6 +149,7 @@ class ProjectData:
     jobs: dict[tuple[str, str], str] = field(default_factory=dict)  # (version, target) -> state
     targets: dict[str, str | None] = field(default_factory=dict)    # target -> skip reason
     libraries: dict[str, FileLibraries] = field(default_factory=dict)  # by file name
+    covered: dict[tuple[str, str], Covered] = field(default_factory=dict)  # (version, target)
 
     @property
     def index_files(self) -> list[IndexFile]:
@@ -186,6 +212,8 @@ def load_project(conn: Any, package: str) -> ProjectData:
         data.jobs = {(v, a): s for v, a, s in cur.fetchall()}
         cur.execute(_TARGETS)
         data.targets = dict(cur.fetchall())
+        cur.execute(_COVERED, (package,))
+        data.covered = {(r[0], r[1]): Covered(*r[2:]) for r in cur.fetchall()}
         cur.execute(_FILE_LIBRARIES, (package,))
         for name, checked, refused, libs, kinds, packages, bases in cur.fetchall():
             data.libraries[name] = FileLibraries(

@@ -10,6 +10,10 @@ pending build, in one transaction holding the build row
   copied to ``www_root/packages/<package>/`` with its METADATA beside it
   (PEP 658) and its files row marked published; a refused one is marked
   quarantined with the reason;
+* a published wheel that fits other build targets (pure, or abi3), and whose
+  content the master checked fits its tags (``coverage``), cancels the
+  release's queued jobs on those targets (``cover_jobs``): only a verified
+  wheel does, never the builder's report;
 * the log is verified and published as ``www_root/logs/<build_id>.log.gz``,
   or refused with ``builds.log_reason``;
 * the build is marked ``ingest_state = 'done'``.
@@ -39,7 +43,7 @@ from typing import Any
 
 import psycopg2
 
-from . import aptdeps, db, fsutil, index
+from . import aptdeps, coverage, db, fsutil, index, new_targets
 from .config import MasterConfig
 from .schema import ROLE_NAME_RE
 from .verify import (
@@ -102,6 +106,7 @@ class _Outcome:
     published: list[str] = field(default_factory=list)
     after_commit: list[Callable[[], None]] = field(default_factory=list)
     new_project: bool = False
+    has_pages: bool = False
 
 
 class _Unpublishable(Exception):
@@ -199,16 +204,50 @@ def _after(outcome: _Outcome, what: str, action: Callable[[], None]) -> None:
 # ------------------------------------------------------------------ wheels
 
 
-def _clash(cur: Any, wheel: VerifiedWheel) -> None:
-    cur.execute("SELECT file_id, sha256 FROM files WHERE filename = %s AND state = 'published'",
-                (wheel.filename,))
+def _clash(cur: Any, wheel: VerifiedWheel, rebuild_of: PendingBuild | None = None) -> None:
+    cur.execute("SELECT file_id, sha256, build_id FROM files WHERE filename = %s "
+                "AND state = 'published'", (wheel.filename,))
     row = cur.fetchone()
     if row is None:
         return
     if row[1] == wheel.sha256:
         raise _Unpublishable("duplicate of an already published file", keep=False)
+    if rebuild_of is not None and _same_target(cur, row[2], rebuild_of):
+        # `pinwheel rebuild`: the new build replaces the file the earlier one published.
+        cur.execute("UPDATE files SET state = 'removed', reason = %s WHERE file_id = %s",
+                    (f"replaced by build {rebuild_of.build_id} (pinwheel rebuild)", row[0]))
+        return
     raise _Unpublishable(f"a different file named {wheel.filename} is already published "
                          f"(file {row[0]}, SHA-256 {row[1]})", keep=True)
+
+
+def _same_target(cur: Any, build_id: int, build: PendingBuild) -> bool:
+    cur.execute("SELECT 1 FROM builds b, builds n WHERE b.build_id = %s AND n.build_id = %s "
+                "AND (b.package, b.version, b.abi, b.platform) = "
+                "    (n.package, n.version, n.abi, n.platform)", (build_id, build.build_id))
+    return cur.fetchone() is not None
+
+
+def _rebuild_requested(cur: Any, build: PendingBuild) -> bool:
+    """Whether an operator asked to rebuild this build's release and target (and clear it)."""
+    cur.execute("""DELETE FROM rebuilds r USING builds b
+                    WHERE b.build_id = %s AND (r.package, r.version, r.abi, r.platform) =
+                          (b.package, b.version, b.abi, b.platform)""", (build.build_id,))
+    return cur.rowcount > 0
+
+
+def _supersede(cur: Any, build: PendingBuild, published: list[str]) -> None:
+    """After a rebuild published its wheels: the earlier builds' files of the same target
+    that it did not replace by name leave the index too."""
+    cur.execute("""UPDATE files f SET state = 'removed', reason = %s
+                     FROM builds b, builds n
+                    WHERE f.state = 'published' AND f.build_id = b.build_id
+                      AND n.build_id = %s AND b.build_id <> n.build_id
+                      AND (b.package, b.version, b.abi, b.platform) =
+                          (n.package, n.version, n.abi, n.platform)
+                      AND NOT f.filename = ANY(%s)""",
+                (f"replaced by build {build.build_id} (pinwheel rebuild)", build.build_id,
+                 published))
 
 
 def _publish_wheel(cfg: MasterConfig, src_dir: Path, wheel: VerifiedWheel) -> os.stat_result:
@@ -299,11 +338,12 @@ def _verify(cfg: MasterConfig, build: PendingBuild, filename: str, size: int,
 
 
 def _ingest_wheel(cur: Any, cfg: MasterConfig, build: PendingBuild,
-                  row: tuple[int, str, int, str], outcome: _Outcome) -> None:
+                  row: tuple[int, str, int, str], outcome: _Outcome,
+                  rebuild: bool = False) -> None:
     file_id, filename, size, sha256 = row
     try:
         src_dir, wheel = _verify(cfg, build, filename, size, sha256)
-        _clash(cur, wheel)
+        _clash(cur, wheel, build if rebuild else None)
         st = _publish_wheel(cfg, src_dir, wheel)
     except Rejected as exc:
         _quarantine_file(cur, cfg, build, file_id, filename, exc.reason, outcome)
@@ -313,6 +353,8 @@ def _ingest_wheel(cur: Any, cfg: MasterConfig, build: PendingBuild,
         return
     _mark_published(cur, file_id, build, wheel)
     _check_libraries(cur, file_id, build, wheel)
+    # Only now, verified and published, may a pure or abi3 wheel cover other targets.
+    coverage.record(cur, file_id, wheel, f"builder {build.builder}, build {build.build_id}")
     outcome.published.append(filename)
     log.info("published %s (builder %s, build %s)", filename, build.builder, build.build_id)
     _after(outcome, f"remove {src_dir / filename}",
@@ -376,14 +418,20 @@ def _ingest_build(cur: Any, cfg: MasterConfig, build: PendingBuild) -> _Outcome:
     cur.execute("SELECT NOT EXISTS (SELECT 1 FROM files WHERE package = %s "
                 "AND state = 'published')", (build.package,))
     first_files = cur.fetchone()[0]
+    rebuild = _rebuild_requested(cur, build)
     cur.execute("SELECT file_id, filename, size, sha256 FROM files "
                 "WHERE build_id = %s AND state = 'pending' ORDER BY file_id", (build.build_id,))
     for row in cur.fetchall():
-        _ingest_wheel(cur, cfg, build, row, outcome)
+        _ingest_wheel(cur, cfg, build, row, outcome, rebuild)
+    if rebuild and outcome.published:
+        _supersede(cur, build, outcome.published)
     _ingest_log(cur, cfg, build, outcome)
     cur.execute("UPDATE builds SET ingest_state = 'done', ingested_at = now() "
                 "WHERE build_id = %s", (build.build_id,))
     outcome.new_project = first_files and bool(outcome.published)
+    # The project's page shows every build's state: rewrite it for a refused or failed
+    # build too, once the project has pages (one with no published file has none).
+    outcome.has_pages = bool(outcome.published) or not first_files
     return outcome
 
 
@@ -422,7 +470,7 @@ def _one_build(conn: Any, cfg: MasterConfig, state: IngestState) -> PendingBuild
         return build
     for action in outcome.after_commit:
         action()
-    if outcome.published:
+    if outcome.has_pages:
         state.dirty_projects.add(build.package)
     state.root_dirty = state.root_dirty or outcome.new_project
     return build
@@ -510,6 +558,15 @@ def requeue_expired(conn: Any) -> int:
     return n
 
 
+def refresh_popularity(conn: Any) -> int | None:
+    """Recount the projects' wheel downloads for the queue's order, at most once an hour
+    (the database decides); returns how many projects' boost changed, None when not due."""
+    n = db.call(conn, "SELECT refresh_popularity()")[0][0]
+    if n:
+        log.info("download counts refreshed: %d project(s) moved in the queue", n)
+    return None if n is None else int(n)
+
+
 def _wait_for_notify(conn: Any, stop: threading.Event, timeout: float) -> None:
     """Return when a NOTIFY arrives, ``stop`` is set, or ``timeout`` seconds pass."""
     deadline = time.monotonic() + timeout
@@ -535,6 +592,9 @@ def _run(conn: Any, cfg: MasterConfig, stop: threading.Event, poll_seconds: floa
     while not stop.is_set():
         if time.monotonic() >= next_janitor:
             requeue_expired(conn)
+            new_targets.plan_new_targets(conn, cfg.watch)
+            state.dirty_projects |= coverage.assess_published(conn, cfg)
+            refresh_popularity(conn)
             next_janitor = time.monotonic() + janitor_seconds
         conn.notifies.clear()
         n = process_pending(conn, cfg, state)
@@ -574,10 +634,13 @@ def serve(cfg: MasterConfig, stop: threading.Event | None = None, poll_seconds: 
     """Run the ingest service until ``stop`` is set (forever without one).
 
     Ingests at start, on every ``pinwheel_ingest`` NOTIFY and at least every
-    ``poll_seconds``; returns expired leases to the queue every
-    ``janitor_seconds``. When the database goes away it reconnects, waiting
-    an exponential backoff (with jitter, at most ``max_backoff`` seconds)
-    that resets once a connection has completed a round of work.
+    ``poll_seconds``; every ``janitor_seconds`` it returns expired leases to
+    the queue, plans the catalogue for new build targets (``new_targets``),
+    looks at wheels published before migration 8 (``coverage``) and lets the
+    database recount downloads for the queue's order (hourly). When the
+    database goes away it reconnects, waiting an exponential backoff (with
+    jitter, at most ``max_backoff`` seconds) that resets once a connection has
+    completed a round of work.
     """
     stop = stop if stop is not None else threading.Event()
     state = IngestState()
@@ -594,5 +657,5 @@ def serve(cfg: MasterConfig, stop: threading.Event | None = None, poll_seconds: 
     log.info("ingest stopped")
 
 
-__all__ = ["IngestState", "PendingBuild", "index_options", "process_pending", "requeue_expired",
-           "serve"]
+__all__ = ["IngestState", "PendingBuild", "index_options", "process_pending",
+           "refresh_popularity", "requeue_expired", "serve"]

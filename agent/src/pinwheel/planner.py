@@ -1,9 +1,11 @@
 """Turning upstream releases into jobs: record what the upstream has, queue what to build.
 
-One job per (release, active ABI) for every release with an sdist; a release
+One job per (release, active target) for every release with an sdist; a release
 with only wheels upstream is recorded with the skip reason "binary only".
-The SQL function ``plan_release`` does the queuing, so the rule (which ABIs,
-nothing twice, nothing already built) lives in one place.
+The SQL function ``plan_release`` does the queuing through ``plan_due``, so
+the rule (which targets, nothing twice, nothing already built or covered by a
+verified pure or abi3 wheel) lives in one place, shared with ``pinwheel
+unskip`` and the planning of new targets.
 """
 
 from __future__ import annotations
@@ -112,7 +114,8 @@ def record_release(cur: Any, package: str, version: str, files: list[upstream.Up
     elif not plan:
         result.note = "recorded, not queued"
     else:
-        cur.execute("SELECT plan_release(%s, %s, %s)", (package, version, priority))
+        # A yanked release reaches here only when an operator named it: build it anyway.
+        cur.execute("SELECT plan_release(%s, %s, %s, %s)", (package, version, priority, yanked))
         result.jobs = cur.fetchone()[0]
         if result.jobs == 0:
             result.note = "nothing to do: built or queued already"

@@ -17,11 +17,12 @@ import email.policy
 import html
 import json
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from typing import Any
 from urllib.parse import quote
 
 from .aptdeps import apt_install_line
-from .index_db import Build, FileLibraries, ProjectData, PublishedFile
+from .index_db import FileLibraries, ProjectData, PublishedFile
 from .simple_index import upload_time, version_key
 
 MAX_DESCRIPTION = 64 << 10  # characters of the long description shown
@@ -47,7 +48,7 @@ border-radius:4px}
 th,td{border:1px solid #ccc;padding:.25rem .5rem;text-align:left;vertical-align:top}
 td.hash{overflow-wrap:anywhere;min-width:12rem}
 .built{background:#d9f2d9}.failed{background:#f8d7d7}.building,.pending{background:#fff3c4}
-.skipped,.none{background:#eee;color:#555}.yanked{color:#a00;font-weight:bold}
+.skipped,.none{background:#eee;color:#555}.yanked,.removed{color:#a00;font-weight:bold}
 .status{border-left:4px solid #a00;padding-left:.5rem}
 .base,.note{color:#555}
 """
@@ -61,32 +62,43 @@ class Cell:
     build_id: int | None = None
     log_path: str | None = None  # the log served as text, relative to the www root
     note: str | None = None
+    covered_by: str | None = None  # built by this wheel of another target's build
 
 
-def _log_path(build: Build) -> str | None:
-    if not build.log_path or not build.log_path.endswith(".log.gz"):
+def _log_path(path: str | None) -> str | None:
+    if not path or not path.endswith(".log.gz"):
         return None
     # logs/<id>.log.gz is also served decompressed, as text/plain, at logs/<id>.log.
-    return build.log_path[:-len(".gz")]
+    return path[:-len(".gz")]
 
 
 def cell(data: ProjectData, version: str, target: str, release_skip: str | None,
          has_sdist: bool) -> Cell:
-    """The state of ``version`` for ``target``: a live job first, then the latest build."""
+    """The state of ``version`` for ``target``: a live job first, then its own published
+    build, then a pure or abi3 wheel of another target's build that serves it, then its
+    latest build's failure, then why it is not built."""
     job = data.jobs.get((version, target))
     build = data.builds.get((version, target))
     if job is not None:
         return Cell("building" if job == "leased" else "pending",
                     note="building now" if job == "leased" else "queued")
-    if build is not None:
-        log = _log_path(build)
+    if build is not None and build.status == "success":
+        log = _log_path(build.log_path)
         secs = f"{build.seconds:.0f} s" if build.seconds is not None else None
-        if build.status == "success" and build.ingest_state == "pending":
+        if build.ingest_state == "pending":
             return Cell("pending", build.build_id, log, "built, being published")
-        if build.status == "success" and build.published:
+        if build.published:
             return Cell("built", build.build_id, log, secs)
+    covered = data.covered.get((version, target))
+    if covered is not None:
+        return Cell("built", covered.build_id, _log_path(covered.log_path),
+                    f"{covered.filename}, built on {covered.built_on}", covered.filename)
+    if build is not None:
+        log = _log_path(build.log_path)
         if build.status == "success":
             return Cell("failed", build.build_id, log, "refused by the master's checks")
+        if build.status == "cancelled":
+            return Cell("skipped", build.build_id, None, "build cancelled")
         return Cell("failed", build.build_id, log, build.status)
     reason = data.skip_reason or release_skip or data.targets.get(target)
     if reason:
@@ -104,6 +116,13 @@ def grid_targets(data: ProjectData) -> list[str]:
 
 def releases_newest_first(data: ProjectData) -> list[Any]:
     return sorted(data.releases, key=lambda r: version_key(r.version), reverse=True)
+
+
+def removed_mark(removed_at: datetime | None) -> str | None:
+    """``removed upstream on <date>`` for a release deleted upstream, else None."""
+    if removed_at is None:
+        return None
+    return f"removed upstream on {removed_at.astimezone(timezone.utc).date().isoformat()}"
 
 
 def description(metadata: bytes | None) -> tuple[str | None, str | None]:
@@ -278,12 +297,18 @@ def _grid(data: ProjectData) -> str:
         if rel.yanked:
             reason = f": {_e(rel.yanked_reason)}" if rel.yanked_reason else ""
             label += f' <span class="yanked">yanked{reason}</span>'
+        removed = removed_mark(rel.removed_upstream_at)
+        if removed:
+            label += f' <span class="removed">{_e(removed)}</span>'
         cells = []
         for target in targets:
             c = cell(data, rel.version, target, rel.skip_reason, rel.has_sdist)
             text = _e(STATES[c.state])
             if c.log_path:
                 text = f'<a href="../../{_e(c.log_path)}">{text}</a>'
+            if c.covered_by:  # built once for several targets: say by which wheel's tag
+                tag = "-".join(c.covered_by[:-len(".whl")].split("-")[-3:])
+                text += f' <span class="note">by {_e(tag)}</span>'
             title = f' title="{_e(c.note)}"' if c.note else ""
             cells.append(f'<td class="{c.state}"{title}>{text}</td>')
         rows.append(f'<tr><th scope="row">{label}</th>{"".join(cells)}</tr>\n')
@@ -299,11 +324,15 @@ def _files(data: ProjectData) -> str:
         return "<p>No files yet.</p>\n"
     rows = []
     yanked = {r.version for r in data.releases if r.yanked}
+    removed = {r.version: removed_mark(r.removed_upstream_at) for r in data.releases
+               if r.removed_upstream_at is not None}
     ordered = sorted(data.files, key=lambda p: (version_key(p.file.version), p.file.filename),
                      reverse=True)
     for p in ordered:
         f = p.file
         mark = ' <span class="yanked">yanked</span>' if f.version in yanked else ""
+        if f.version in removed:
+            mark += f' <span class="removed">{_e(removed[f.version])}</span>'
         when = upload_time(f.upload_time)[:10] if f.upload_time else ""
         rows.append(
             f'<tr><td><a href="../../packages/{_e(data.package)}/{_e(_quote(f.filename))}">'
@@ -363,12 +392,16 @@ def project_json(data: ProjectData, metadata: bytes | None, index_url: str = "")
         for target in targets:
             c = cell(data, rel.version, target, rel.skip_reason, rel.has_sdist)
             builds[target] = {"state": c.state, "build_id": c.build_id,
-                           "log_url": f"/{c.log_path}" if c.log_path else None, "note": c.note}
+                              "log_url": f"/{c.log_path}" if c.log_path else None,
+                              "note": c.note, "covered_by": c.covered_by}
         releases.append({
             "version": rel.version,
             "released": rel.released.isoformat() if rel.released else None,
             "yanked": rel.yanked,
             "yanked_reason": rel.yanked_reason,
+            "removed_upstream_at": (rel.removed_upstream_at.isoformat()
+                                    if rel.removed_upstream_at else None),
+            "removed_upstream": removed_mark(rel.removed_upstream_at),
             "skip_reason": rel.skip_reason,
             "requires_python": rel.requires_python,
             "builds": builds,

@@ -83,9 +83,14 @@ class BuilderQueue:
                        (job.job_id, job.lease_token, lease_seconds))
         return rows[0][0]
 
-    def ping(self) -> bool:
-        """Say this builder is alive; returns True when an operator paused it."""
-        return bool(db.call(self.conn, "SELECT builder_ping()")[0][0])
+    def ping(self, disk_free_mb: int | None = None) -> bool:
+        """Say this builder is alive (and how many MiB its work directory has free).
+
+        Returns True when an operator paused it.
+        """
+        if disk_free_mb is None:
+            return bool(db.call(self.conn, "SELECT builder_ping()")[0][0])
+        return bool(db.call(self.conn, "SELECT builder_ping(%s::bigint)", (disk_free_mb,))[0][0])
 
     def release(self, job: Job) -> None:
         db.call(self.conn, "SELECT release_job(%s, %s)", (job.job_id, job.lease_token))

@@ -5,8 +5,9 @@ A skip has a reason and applies to a project, one release, or a build target
 respects, so nothing new is queued for it, whether by ``pinwheel add`` or by
 ``pinwheel watch``. Skipping also cancels the queued jobs it covers (a build
 already running finishes). Unskipping clears the reason and queues again
-what is then due: every release with an sdist that is not yanked, not deleted
-upstream and not already built or queued.
+what is then due, by the rule ``plan_release`` follows too (``plan_due``):
+every release with an sdist that is not yanked, not deleted upstream, and not
+already built, queued or covered by a verified pure or abi3 wheel.
 
 The project pages show skip reasons; the watcher rewrites the pages of the
 projects it follows at its next poll (``watch_projects.pages_dirty``), other
@@ -35,27 +36,9 @@ class SkipResult:
     queued: int = 0      # jobs queued again (unskip)
 
 
-# Queue every due release of a project (or all projects) for every active target.
-_REPLAN = """
-    WITH queued AS (
-        INSERT INTO jobs (package, version, abi, platform, priority)
-        SELECT v.package, v.version, t.abi, t.platform, 0
-          FROM versions v
-          JOIN packages p USING (package)
-         CROSS JOIN targets t
-         WHERE ({where})
-           AND (%(abi)s::text IS NULL OR (t.abi, t.platform) = (%(abi)s, %(platform)s))
-           AND v.has_sdist AND NOT v.yanked AND v.removed_upstream_at IS NULL
-           AND v.skip_reason IS NULL AND p.skip_reason IS NULL AND t.skip_reason IS NULL
-           AND NOT EXISTS (SELECT 1 FROM builds b
-                            WHERE b.package = v.package AND b.version = v.version
-                              AND b.abi = t.abi AND b.platform = t.platform
-                              AND b.status = 'success')
-        ON CONFLICT (package, version, abi, platform) DO NOTHING
-        RETURNING 1
-    )
-    SELECT count(*)::integer FROM queued
-"""
+# Queue what is due (the SQL function plan_due decides, as for plan_release):
+# NULL package, version or target means any.
+_REPLAN = "SELECT plan_jobs(%s, %s, %s, %s)"
 
 
 def _check_reason(reason: str) -> str:
@@ -105,10 +88,6 @@ def _release(cur: Any, name: str, version: str | None) -> tuple[str, str | None]
     return package, vrow[0]
 
 
-def _args(package: str, version: str | None = None) -> dict[str, Any]:
-    return {"package": package, "version": version, "abi": None, "platform": None}
-
-
 def _dirty(cur: Any, package: str) -> None:
     cur.execute("UPDATE watch_projects SET pages_dirty = true WHERE package = %s", (package,))
 
@@ -153,7 +132,7 @@ def unskip(conn: Any, name: str | None = None, version: str | None = None,
             abi, platform, old = _target(cur, target)
             cur.execute("UPDATE targets SET skip_reason = NULL WHERE abi = %s AND platform = %s",
                         (abi, platform))
-            cur.execute(_REPLAN.format(where="true"), {"abi": abi, "platform": platform})
+            cur.execute(_REPLAN, (None, None, abi, platform))
             queued = int(cur.fetchone()[0])
             return SkipResult(f"target {target}", old is not None, queued=queued)
         if name is None:
@@ -161,16 +140,14 @@ def unskip(conn: Any, name: str | None = None, version: str | None = None,
         package, old = _release(cur, name, version)
         if version is None:
             cur.execute("UPDATE packages SET skip_reason = NULL WHERE package = %s", (package,))
-            cur.execute(_REPLAN.format(where="v.package = %(package)s"), _args(package))
+            cur.execute(_REPLAN, (package, None, None, None))
         else:
             if old == BINARY_ONLY:
                 raise SkipError(f"{package} {version} has no sdist upstream: there is nothing "
                                 "to build (it is planned when one is uploaded)")
             cur.execute("UPDATE versions SET skip_reason = NULL WHERE package = %s "
                         "AND version = %s", (package, version))
-            cur.execute(_REPLAN.format(where="v.package = %(package)s AND "
-                                             "v.version = %(version)s"),
-                        _args(package, version))
+            cur.execute(_REPLAN, (package, version, None, None))
         queued = int(cur.fetchone()[0])
         _dirty(cur, package)
         return SkipResult(f"{package} {version}" if version else package, old is not None,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import email.utils
 import hashlib
+import http.client
 import json
 import ssl
 import time
@@ -56,6 +57,7 @@ class UpstreamFile:
     sha256: str | None
     requires_python: str | None
     yanked: Yanked          # False, True, or the reason (PEP 592)
+    core_metadata: bool = False  # the upstream serves <url>.metadata (PEP 658 / 714)
 
     @property
     def is_sdist(self) -> bool:
@@ -125,9 +127,11 @@ def parse_json(body: bytes, base_url: str, requested: str) -> UpstreamProject:
             url = urllib.parse.urljoin(base_url, f["url"])
             sha = (f.get("hashes") or {}).get("sha256")
             yanked = f.get("yanked", False)
+            metadata = f.get("core-metadata", f.get("data-dist-info-metadata", False))
             files.append(UpstreamFile(f["filename"], url, sha.lower() if sha else None,
                                       f.get("requires-python") or None,
-                                      yanked if isinstance(yanked, (bool, str)) else bool(yanked)))
+                                      yanked if isinstance(yanked, (bool, str)) else bool(yanked),
+                                      bool(metadata)))
         return UpstreamProject(str(data.get("name") or requested), files)
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise UpstreamError(f"{base_url}: malformed PEP 691 JSON ({exc})") from exc
@@ -146,8 +150,9 @@ def parse_html(body: bytes, base_url: str, requested: str) -> UpstreamProject:
         yanked: Yanked = False
         if "data-yanked" in attrs:
             yanked = attrs["data-yanked"] or True
+        metadata = attrs.get("data-core-metadata", attrs.get("data-dist-info-metadata"))
         files.append(UpstreamFile(filename, url, sha, attrs.get("data-requires-python") or None,
-                                  yanked))
+                                  yanked, metadata is not None and metadata != "false"))
     return UpstreamProject(requested, files)
 
 
@@ -324,3 +329,96 @@ def parse_root(page: Page) -> RootListing:
             add(text, None)
         return RootListing(found, page.serial)
     raise UpstreamError(f"{page.url}: unexpected content type {page.content_type!r}")
+
+
+# ------------------------------------------------ keep-alive fetches (import)
+
+
+class Session:
+    """Conditional GETs over one kept-alive HTTP connection (one thread's own).
+
+    Answers like :func:`fetch_page`, without a new TCP (and TLS) connection per
+    page: an initial import fetches every project of the upstream. A redirect,
+    or a URL on another host, is left to :func:`fetch_page`.
+    """
+
+    def __init__(self, index_url: str, timeout: float = 60.0, ca_bundle: str = "") -> None:
+        parts = urllib.parse.urlsplit(index_url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise UpstreamError(f"{index_url}: only http and https upstreams are supported")
+        self.scheme = parts.scheme
+        self.netloc = parts.netloc
+        self.host = parts.hostname
+        self.port = parts.port
+        self.timeout = timeout
+        self.ca_bundle = ca_bundle
+        self._conn: http.client.HTTPConnection | None = None
+
+    def _connection(self) -> http.client.HTTPConnection:
+        if self._conn is None:
+            if self.scheme == "https":
+                context = (ssl.create_default_context(cafile=self.ca_bundle) if self.ca_bundle
+                           else ssl.create_default_context())
+                self._conn = http.client.HTTPSConnection(self.host, self.port,
+                                                         timeout=self.timeout, context=context)
+            else:
+                self._conn = http.client.HTTPConnection(self.host, self.port,
+                                                        timeout=self.timeout)
+        return self._conn
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    def fetch_page(self, url: str, etag: str | None = None,
+                   last_modified: str | None = None) -> Page:
+        parts = urllib.parse.urlsplit(url)
+        if parts.scheme != self.scheme or parts.netloc != self.netloc:
+            return fetch_page(url, etag, last_modified, self.timeout, self.ca_bundle)
+        path = urllib.parse.urlunsplit(("", "", parts.path or "/", parts.query, ""))
+        headers = {"Accept": ACCEPT, "User-Agent": USER_AGENT}
+        if etag:
+            headers["If-None-Match"] = etag
+        if last_modified:
+            headers["If-Modified-Since"] = last_modified
+        for attempt in (1, 2):
+            try:
+                conn = self._connection()
+                conn.request("GET", path, headers=headers)
+                resp = conn.getresponse()
+                body = resp.read(MAX_PAGE + 1)
+                if resp.will_close:
+                    self.close()
+                break
+            except (http.client.HTTPException, OSError) as exc:
+                # The server closed the kept-alive connection between two requests: once
+                # more on a new one, then it is the upstream's trouble.
+                self.close()
+                if attempt == 2:
+                    raise UpstreamUnavailable(
+                        f"{url}: cannot reach the upstream index ({exc})") from exc
+        status = resp.status
+        if status == 200:
+            if len(body) > MAX_PAGE:
+                raise UpstreamError(f"{url}: page larger than {MAX_PAGE} bytes")
+            content_type = resp.headers.get_content_type()
+            return Page(url, content_type, body, resp.headers.get("ETag"),
+                        resp.headers.get("Last-Modified"),
+                        _serial(resp.headers.get("X-PyPI-Last-Serial")))
+        if status == 304:
+            return Page(url, "", None, resp.headers.get("ETag") or etag,
+                        resp.headers.get("Last-Modified") or last_modified,
+                        _serial(resp.headers.get("X-PyPI-Last-Serial")))
+        if status in (301, 302, 303, 307, 308):
+            return fetch_page(url, etag, last_modified, self.timeout, self.ca_bundle)
+        if status in (404, 410):
+            raise ProjectNotFound(f"{url}: not found upstream (HTTP {status})")
+        if status in (429, 503):
+            wait = retry_after(resp.headers.get("Retry-After"))
+            raise RateLimited(f"{url}: HTTP {status} {resp.reason}"
+                              + (f" (Retry-After {wait:.0f} s)" if wait is not None else ""),
+                              wait)
+        if status >= 500:
+            raise UpstreamUnavailable(f"{url}: HTTP {status} {resp.reason}")
+        raise UpstreamError(f"{url}: HTTP {status} {resp.reason}")

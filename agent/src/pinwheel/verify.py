@@ -50,6 +50,7 @@ _CHUNK = 1 << 20
 _CPYTHON_ABI_RE = re.compile(r"^cp(\d)(\d+)$")
 _INTERPRETER_RE = re.compile(r"^(py|cp)(\d)(\d*)$")
 _SIGNATURES = ("RECORD.jws", "RECORD.p7s")
+_NATIVE_NAME_RE = re.compile(r"\.(so|pyd|dll|dylib)$|\.so\.[0-9.]+$")
 
 
 class Rejected(Exception):
@@ -78,6 +79,9 @@ class VerifiedWheel:
     # What its ELF files need, and its members' base names (pinwheel.aptdeps.needed_in).
     needed: frozenset[str] = frozenset()
     members: frozenset[str] = frozenset()
+    # Members that are compiled code (ELF files, or named like a shared library): a wheel
+    # tagged pure must have none (pinwheel.coverage).
+    native: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -454,11 +458,29 @@ def _check_record(filename: str, zf: zipfile.ZipFile, dist_info: str) -> None:
         _check_record_entry(filename, zf, info, *entries[path])
 
 
+def _native_members(zf: zipfile.ZipFile) -> tuple[str, ...]:
+    """Members that are compiled code: named like a shared library, or starting like an ELF
+    file (whether or not the rest of it parses)."""
+    found: list[str] = []
+    for info in zf.infolist():
+        if info.is_dir():
+            continue
+        if _NATIVE_NAME_RE.search(info.filename):
+            found.append(info.filename)
+            continue
+        if info.file_size >= 4:
+            with zf.open(info) as member:
+                if member.read(4) == b"\x7fELF":
+                    found.append(info.filename)
+    return tuple(found)
+
+
 def _check_contents(filename: str, fh: IO[bytes], package: str, version: str,
                     max_unpacked: int) -> tuple[bytes, str | None, tuple[frozenset[str],
-                                                                        frozenset[str]]]:
-    """Check the archive; return METADATA's bytes, its Requires-Python, and the libraries
-    its ELF files need with its members' base names."""
+                                                                        frozenset[str]],
+                                                tuple[str, ...]]:
+    """Check the archive; return METADATA's bytes, its Requires-Python, the libraries
+    its ELF files need with its members' base names, and its compiled members."""
     try:
         with zipfile.ZipFile(fh) as zf:
             infos = zf.infolist()
@@ -469,12 +491,13 @@ def _check_contents(filename: str, fh: IO[bytes], package: str, version: str,
             _check_wheel_file(filename, _read_small(zf, f"{dist_info}/WHEEL", MAX_METADATA_SIZE))
             _check_record(filename, zf, dist_info)
             libraries = aptdeps.needed_in(zf)
+            native = _native_members(zf)
     except (zipfile.BadZipFile, zipfile.LargeZipFile, zlib.error, EOFError,
             NotImplementedError, RuntimeError, ValueError) as exc:
         raise Rejected(f"{filename} is not a valid zip archive: {exc}") from None
     except OSError as exc:
         raise Rejected(f"I/O error reading {filename}: {exc}") from None
-    return metadata, requires_python, libraries
+    return metadata, requires_python, libraries, native
 
 
 # ------------------------------------------------------------------ public
@@ -499,14 +522,14 @@ def verify_wheel(path_dir: Path, filename: str, size: int, sha256: str, package:
         tags, (py, abi, plat) = _parse_filename(filename, package, version)
         fh.seek(0)
         limit = max_unpacked if max_unpacked is not None else UNPACKED_FACTOR * max_size
-        metadata, requires_python, (needed, members) = _check_contents(
+        metadata, requires_python, (needed, members), native = _check_contents(
             filename, fh, package, version, limit)
     check_tags(filename, tags, builder_abi, builder_platform)
     return VerifiedWheel(
         filename=filename, package=canonicalize_name(package), version=version,
         python_tag=py, abi_tag=abi, platform_tag=plat, requires_python=requires_python,
         metadata_bytes=metadata, metadata_sha256=hashlib.sha256(metadata).hexdigest(),
-        sha256=digest, size=st.st_size, needed=needed, members=members,
+        sha256=digest, size=st.st_size, needed=needed, members=members, native=native,
     )
 
 

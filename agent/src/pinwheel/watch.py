@@ -37,9 +37,8 @@ from typing import Any, Callable
 
 import psycopg2
 import psycopg2.extras
-from packaging.version import InvalidVersion, Version
 
-from . import db, index, names, planner, upstream
+from . import db, dependencies, index, names, new_targets, planner, upstream
 from .config import ConfigError, MasterConfig
 from .ingest import index_options
 from .simple_index import armv6l_alias
@@ -66,7 +65,7 @@ class PollResult:
     removed: int = 0         # projects found deleted upstream
     events: int = 0
     jobs: int = 0
-    cancelled: int = 0       # queued jobs cancelled by deletions
+    cancelled: int = 0       # queued jobs and running builds cancelled by deletions
     errors: list[str] = field(default_factory=list)
 
 
@@ -132,6 +131,19 @@ class Watcher:
             if self.stop.is_set():
                 break
             self._one(package, result)
+        if self.wcfg.mode == "allowlist":
+            # Dependencies found during this poll are recorded in it too (transitively).
+            seen = set(due)
+            while not self.stop.is_set():
+                more = [p for p in self._due(False) if p not in seen]
+                if not more:
+                    break
+                seen.update(more)
+                result.due += len(more)
+                for package in more:
+                    if self.stop.is_set():
+                        break
+                    self._one(package, result)
         self.flush_pages()
         return result
 
@@ -198,14 +210,24 @@ class Watcher:
                 wanted.append(names.normalise(name))
             else:
                 log.warning("ignoring %r in the watch allowlist: not a valid project name", name)
+        wanted = sorted(set(wanted))
         with db.transaction(self.conn) as cur:
             self._state(cur)
             cur.execute("UPDATE watch_state SET polled_at = now()")
-            cur.execute("UPDATE watch_projects SET listed = (package = ANY(%s))",
-                        (sorted(set(wanted)),))
-            for package in sorted(set(wanted)):
+            for package in wanted:
                 cur.execute("INSERT INTO watch_projects (package, listed) VALUES (%s, true) "
-                            "ON CONFLICT (package) DO NOTHING", (package,))
+                            "ON CONFLICT (package) DO UPDATE SET dependency_of = NULL",
+                            (package,))
+            # Listed: the allowlist, and the dependencies of what is listed (transitively).
+            cur.execute("""WITH RECURSIVE keep(package) AS (
+                               SELECT unnest(%s::text[])
+                               UNION
+                               SELECT w.package FROM watch_projects w
+                                 JOIN keep k ON w.dependency_of = k.package)
+                           UPDATE watch_projects w SET listed = (w.package IN (SELECT package
+                                                                                 FROM keep))
+                            WHERE w.listed <> (w.package IN (SELECT package FROM keep))""",
+                        (wanted,))
         return False
 
     def _due(self, serials: bool) -> list[str]:
@@ -230,18 +252,32 @@ class Watcher:
         etag, modified = row[0] if row else (None, None)
         url = upstream.project_url(self.url, package)
         try:
-            page = upstream.fetch_page(url, etag, modified, self.wcfg.timeout,
-                                       self.cfg.ca_bundle)
-        except upstream.ProjectNotFound:
+            page: upstream.Page | upstream.UpstreamError = upstream.fetch_page(
+                url, etag, modified, self.wcfg.timeout, self.cfg.ca_bundle)
+        except upstream.UpstreamUnavailable:
+            raise  # the whole upstream is unwell: the poll stops and backs off
+        except upstream.UpstreamError as exc:
+            page = exc
+        self.take(package, page, result)
+
+    def take(self, package: str, page: upstream.Page | upstream.UpstreamError,
+             result: PollResult) -> None:
+        """Process one project's fetched page (or the error fetching it), in one transaction.
+
+        The watcher fetches then calls this; ``pinwheel import`` fetches many pages
+        concurrently and calls it for each, so both record a project the same way.
+        """
+        url = upstream.project_url(self.url, package)
+        if isinstance(page, upstream.ProjectNotFound):
             change = self._removed(package)
             if change.events:
                 result.removed += 1
             self._count(change, result)
             return
-        except upstream.UpstreamUnavailable:
-            raise  # the whole upstream is unwell: the poll stops and backs off
-        except upstream.UpstreamError as exc:
-            self._error(package, str(exc), result)
+        if isinstance(page, upstream.UpstreamUnavailable):
+            raise page
+        if isinstance(page, upstream.UpstreamError):
+            self._error(package, str(page), result)
             return
         if page.body is None:
             result.unchanged += 1
@@ -278,6 +314,39 @@ class Watcher:
         if change.events:
             result.changed += 1
         self._count(change, result)
+        if self.wcfg.mode == "allowlist":
+            self._add_dependencies(package, proj)
+
+    def _add_dependencies(self, package: str, proj: upstream.UpstreamProject) -> None:
+        """Allowlist mode: follow the runtime dependencies of the newest release too."""
+        releases = planner.releases_of(proj)
+        version = newest_release(releases)
+        if version is None:
+            return
+        source = dependencies.metadata_file(releases[version])
+        if source is None:
+            log.info("%s %s: the upstream offers no core metadata (PEP 658); its dependencies "
+                     "are not followed", package, version)
+            return
+        try:
+            requires = dependencies.read_requires(source, self.wcfg.timeout, self.cfg.ca_bundle)
+        except upstream.UpstreamError as exc:
+            log.warning("%s %s: dependencies not followed: %s", package, version, exc)
+            return
+        targets = db.call(self.conn, "SELECT abi, platform FROM targets "
+                                     "WHERE skip_reason IS NULL ORDER BY abi, platform")
+        needed = dependencies.runtime_dependencies(
+            requires, dependencies.environments([(r[0], r[1]) for r in targets])) - {package}
+        with db.transaction(self.conn) as cur:
+            for dep in sorted(needed):
+                cur.execute("""INSERT INTO watch_projects (package, listed, dependency_of)
+                               VALUES (%s, true, %s)
+                               ON CONFLICT (package) DO UPDATE
+                                  SET listed = true, dependency_of = EXCLUDED.dependency_of
+                                WHERE NOT watch_projects.listed
+                               RETURNING package""", (dep, package))
+                if cur.fetchone() is not None:
+                    log.info("%s: added as a dependency of %s %s", dep, package, version)
 
     def _count(self, change: _Change, result: PollResult) -> None:
         result.events += len(change.events)
@@ -364,6 +433,8 @@ class Watcher:
             if prev is None:
                 plan = self._plan(cur, package, version, files, change,
                                   queue=only is None or version == only)
+                if known is not None:
+                    _mark_new(cur, package, version)
                 if plan.has_sdist:
                     change.add(version, "new-release", f"{plan.jobs} job(s) queued"
                                + (f"; {plan.note}" if plan.note else ""))
@@ -379,13 +450,15 @@ class Watcher:
             if not (was_removed or (sdists and not had_sdist) or yanked != was_yanked
                     or (yanked and reason != (old_reason or ""))):
                 continue
-            plan = self._plan(cur, package, version, files, change)
-            if was_removed:
+            if was_removed:  # before planning: a release deleted upstream is never due
                 cur.execute("UPDATE versions SET removed_upstream_at = NULL "
                             "WHERE package = %s AND version = %s", (package, version))
+            plan = self._plan(cur, package, version, files, change)
+            if was_removed:
                 change.add(version, "release-returned")
                 change.dirty = True
             if sdists and not had_sdist:
+                _mark_new(cur, package, version)
                 change.add(version, "sdist-added", f"{plan.jobs} job(s) queued")
             if yanked != was_yanked or (yanked and reason != (old_reason or "")):
                 change.add(version, "yanked" if yanked else "unyanked", reason or "")
@@ -417,14 +490,16 @@ class Watcher:
         return int(cur.rowcount)
 
     def _remove_release(self, cur: Any, package: str, version: str, change: _Change) -> None:
+        running = _running(cur, package, version)
+        # A trigger (migration 9) cancels the builds running for it: their builders stop.
         cur.execute("UPDATE versions SET removed_upstream_at = now() "
                     "WHERE package = %s AND version = %s", (package, version))
         cancelled = self._cancel(cur, package, version)
         unpublished = self._unpublish(cur, package, version)
-        change.cancelled += cancelled
+        change.cancelled += cancelled + running
         change.dirty = True
         change.add(version, "release-removed", _removal_detail(cancelled, unpublished,
-                                                               self.wcfg.on_removal))
+                                                               self.wcfg.on_removal, running))
 
     def _removed(self, package: str) -> _Change:
         """The project is gone upstream (404/410)."""
@@ -436,18 +511,20 @@ class Watcher:
                             (package,))
                 row = cur.fetchone()
                 if row is not None:
+                    running = _running(cur, package, None)
                     cur.execute("UPDATE versions SET removed_upstream_at = now() "
                                 "WHERE package = %s AND removed_upstream_at IS NULL", (package,))
                     cur.execute("UPDATE packages SET removed_upstream_at = now() "
                                 "WHERE package = %s", (package,))
-                    change.cancelled = self._cancel(cur, package, None)
+                    queued = self._cancel(cur, package, None)
+                    change.cancelled = queued + running
                     unpublished = self._unpublish(cur, package, None)
                     if self.wcfg.on_removal == "keep" and row[0] == "active":
                         cur.execute("SELECT project_set_status(%s, 'archived', %s)",
                                     (package, REMOVED_REASON.format(date=_now().date())))
                     change.dirty = True
                     change.add(None, "project-removed", _removal_detail(
-                        change.cancelled, unpublished, self.wcfg.on_removal))
+                        queued, unpublished, self.wcfg.on_removal, running))
                     self._record(cur, package, upstream_serial, change)
                 else:
                     log.warning("%s is not on the upstream index %s (check the allowlist)",
@@ -507,29 +584,34 @@ class Watcher:
 
 def newest_release(releases: dict[str, list[upstream.UpstreamFile]]) -> str | None:
     """The newest final, unyanked release with an sdist (PEP 440 order), or None."""
-    best: tuple[Version, str] | None = None
-    for version, files in releases.items():
-        if not any(f.is_sdist for f in files) or all(f.yanked for f in files):
-            continue
-        try:
-            parsed = Version(version)
-        except InvalidVersion:
-            continue
-        if parsed.is_prerelease or parsed.is_devrelease:
-            continue
-        if best is None or parsed > best[0]:
-            best = (parsed, version)
-    return best[1] if best else None
+    return new_targets.newest_final(
+        version for version, files in releases.items()
+        if any(f.is_sdist for f in files) and not all(f.yanked for f in files))
 
 
 def _yank_reason(files: list[upstream.UpstreamFile]) -> str:
     return next((f.yanked for f in files if isinstance(f.yanked, str) and f.yanked), "")
 
 
-def _removal_detail(cancelled: int, unpublished: int, policy: str) -> str:
+def _removal_detail(cancelled: int, unpublished: int, policy: str, running: int = 0) -> str:
     files = (f"{unpublished} file(s) removed from the index" if policy == "remove"
              else "files kept (on_removal = keep)")
-    return f"{cancelled} queued job(s) cancelled; {files}"
+    builds = f", {running} running build(s) cancelled" if running else ""
+    return f"{cancelled} queued job(s){builds} cancelled; {files}"
+
+
+def _running(cur: Any, package: str, version: str | None) -> int:
+    """How many builds of a project (or of one release) are running now."""
+    cur.execute("SELECT count(*) FROM jobs WHERE package = %s AND state = 'leased' "
+                "AND (%s::text IS NULL OR version = %s)", (package, version, version))
+    return int(cur.fetchone()[0])
+
+
+def _mark_new(cur: Any, package: str, version: str) -> None:
+    """Put a release that just appeared upstream in the queue's new lane (ahead of the
+    backlog, docs/upstream.md "Priority"), unless an operator bumped it already."""
+    cur.execute("UPDATE jobs SET lane = 'new' WHERE package = %s AND version = %s "
+                "AND state = 'queued' AND lane = 'backlog'", (package, version))
 
 
 # --------------------------------------------------------------- service
