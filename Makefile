@@ -2,7 +2,7 @@
 #   make test         every test: lint, test-python, test-fleet (installs what it needs first)
 #   make test-python  unit and integration tests on real services
 #   make lint         ruff, yamllint, ansible-lint (production profile)
-#   make bench        the benchmarks (bench-queue, bench-agent), written to docs/benchmarks.md
+#   make bench        the benchmarks (bench-queue, bench-agent, bench-logs ...), written to docs/benchmarks.md
 #   make farm         a complete local farm in podman (make farm-down removes it)
 #   make test-fleet   the molecule scenario: six hosts, converge, idempotence, verify
 
@@ -17,7 +17,7 @@ APT_PACKAGES := postgresql nginx-light libnginx-mod-http-perl openssh-server ope
 	build-essential libpq-dev gzip zlib1g-dev libffi-dev chromium tinyproxy
 export PINWHEEL_SEED_DIR := $(abspath $(SEED))
 
-.PHONY: help deps test-deps test test-python lint bench bench-queue bench-index bench-agent farm farm-down clean
+.PHONY: help deps test-deps test test-python lint bench bench-queue bench-index bench-agent bench-logs farm farm-down clean
 
 help:
 	@sed -n 's/^#   //p' Makefile
@@ -76,13 +76,17 @@ $(BENCH_VENV)/.installed: bench/requirements.txt agent/pyproject.toml | $(CACHE)
 	@$(BENCH_VENV)/bin/pip install -q -e './agent[master]' -r bench/requirements.txt
 	@touch $@
 
-bench: bench-queue bench-index bench-agent
+bench: bench-queue bench-index bench-agent bench-logs
 
 bench-queue: $(CACHE)/apt.stamp $(BENCH_VENV)/.installed
 	nice -n 10 $(BENCH_VENV)/bin/python bench/queue_bench.py
 
 bench-index: $(CACHE)/apt.stamp $(CACHE)/bench-apt.stamp $(BENCH_VENV)/.installed
 	nice -n 10 $(BENCH_VENV)/bin/python bench/index_bench.py
+
+# The access log importer beside a raw COPY, 5,000,000 lines (test harness, docs/downloads.md).
+bench-logs: test-deps
+	nice -n 10 $(VENV)/bin/python bench/logs_bench.py
 
 # The agent's overhead per job runs on the test harness (real agent, sshd, PostgreSQL).
 bench-agent: test-deps

@@ -102,7 +102,7 @@ def test_pip_resolves_from_metadata_files_without_downloading_wheels(served, tmp
     assert installed(pip_report(served, tmp_path, DEMO)) == {DEMO: "1.2"}
     requests = access_log_since(server, start)
     assert any("/packages/pwidx-demo/pwidx_demo-1.2-py3-none-any.whl.metadata" in line
-               and '" 200 ' in line for line in requests), requests
+               and '"status":200' in line for line in requests), requests
     assert not any(".whl HTTP" in line for line in requests), \
         f"pip downloaded a wheel while resolving: {requests}"
 

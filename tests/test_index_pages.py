@@ -348,7 +348,9 @@ def test_index_rebuild_command_regenerates_everything(served, tmp_path):
         master_public_index_url="http://farm.example/simple/", master_armv6l_alias=True,
         master_watch_mode="allowlist", master_watch_projects=[], master_watch_projects_file="",
         master_watch_poll_seconds=60, master_watch_on_removal="keep", master_watch_history="all",
-        master_watch_max_backoff_seconds=900, master_watch_priority=0)
+        master_watch_max_backoff_seconds=900, master_watch_priority=0,
+        master_logs_access_log=str(server.access_log), master_logs_key_dir=str(tmp_path / "keys"),
+        master_logs_key_keep_months=1, master_logs_batch_lines=10000)
     for path in ("simple/index.html", "simple/index.json.gz", f"simple/{DEMO}/index.json",
                  f"project/{ARM}/json/index.json"):
         (server.www_root / path).unlink()

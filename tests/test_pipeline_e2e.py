@@ -94,7 +94,10 @@ def farm(pg, pg_template, upstream, sshd_master, nginx_master) -> Iterator[Farm]
         master_public_index_url=f"{nginx_master.url}/simple/", master_armv6l_alias=False,
         master_watch_mode="allowlist", master_watch_projects=[], master_watch_projects_file="",
         master_watch_poll_seconds=60, master_watch_on_removal="keep", master_watch_history="all",
-        master_watch_max_backoff_seconds=900, master_watch_priority=0)
+        master_watch_max_backoff_seconds=900, master_watch_priority=0,
+        master_logs_access_log=str(nginx_master.access_log),
+        master_logs_key_dir=str(place / "keys"),
+        master_logs_key_keep_months=1, master_logs_batch_lines=10000)
     ensure_agent_users(list(BUILDERS.values()))
     venv = make_agent_venv()
     agents = []

@@ -430,7 +430,9 @@ def test_the_master_roles_templates_configure_the_watcher(tmp_path):
         master_watch_mode="allowlist", master_watch_projects=["markupsafe", "Simple_JSON"],
         master_watch_projects_file="", master_watch_poll_seconds=30,
         master_watch_on_removal="remove", master_watch_history="latest",
-        master_watch_max_backoff_seconds=600, master_watch_priority=5)
+        master_watch_max_backoff_seconds=600, master_watch_priority=5,
+        master_logs_access_log="/var/log/pinwheel/access.json", master_logs_key_dir="/k",
+        master_logs_key_keep_months=1, master_logs_batch_lines=10000)
     w = MasterConfig.load(conf).watch
     assert (w.mode, w.allowlist(), w.poll_seconds, w.on_removal, w.history,
             w.max_backoff_seconds, w.priority) == \

@@ -192,5 +192,7 @@ def make_minifarm(pg: object, pg_template: str, upstream_url: str, place: Path,
         master_public_index_url="", master_armv6l_alias=False,
         master_watch_mode="allowlist", master_watch_projects=[], master_watch_projects_file="",
         master_watch_poll_seconds=60, master_watch_on_removal="keep", master_watch_history="all",
-        master_watch_max_backoff_seconds=900, master_watch_priority=0)
+        master_watch_max_backoff_seconds=900, master_watch_priority=0,
+        master_logs_access_log=str(place / "access.json"), master_logs_key_dir=str(place / "keys"),
+        master_logs_key_keep_months=1, master_logs_batch_lines=10000)
     return MiniFarm(pg, database, place, upstream_url, sshd, make_agent_venv(), master_conf)

@@ -58,6 +58,7 @@ def _main_conf(base: Path, site: Path) -> str:
         "http {\n"
         "    include /etc/nginx/mime.types;\n"
         "    default_type application/octet-stream;\n"
+        # Requests the site does not log (none: the site logs all of them in JSON).
         f"    access_log {base / 'access.log'};\n"
         f"{temp}"
         f"    include {site};\n"
@@ -76,7 +77,8 @@ class NginxServer:
         self.url = f"http://127.0.0.1:{self.port}"
         self.conf = self.base / "nginx.conf"
         self.log = self.base / "error.log"
-        self.access_log = self.base / "access.log"
+        # The site's JSON access log (the role's pinwheel_json format, docs/downloads.md).
+        self.access_log = self.base / "access.json"
         self._proc: subprocess.Popen[bytes] | None = None
 
     def _write_config(self) -> None:
@@ -91,6 +93,7 @@ class NginxServer:
             master_http_port=self.port,
             master_http_address="127.0.0.1",
             master_www_root=str(self.www_root),
+            master_logs_access_log=str(self.access_log),
         ))
         self.conf.write_text(_main_conf(self.base, site))
 
@@ -114,6 +117,12 @@ class NginxServer:
         except (RuntimeError, TimeoutError) as exc:
             self.stop()
             raise self._fail(f"did not start: {exc}") from exc
+
+    def reopen_logs(self) -> None:
+        """``nginx -s reopen`` (what logrotate's postrotate does: SIGUSR1 to the master)."""
+        done = subprocess.run(self._nginx("-s", "reopen"), capture_output=True, text=True)
+        if done.returncode != 0:
+            raise self._fail("did not reopen its logs", done.stdout + done.stderr)
 
     def stop(self) -> None:
         if self._proc is None:

@@ -402,6 +402,45 @@ def cmd_remove(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_logs(args: argparse.Namespace) -> int:
+    from . import log_import, time_saved
+    cfg = MasterConfig.load(args.config)
+    logs_cfg = log_import.LogsConfig.load(args.config)
+    if args.summary:
+        conn = db.connect(cfg.dsn, application_name="pinwheel-logs-summary")
+        try:
+            total = time_saved.total(conn)
+            months = time_saved.per_month(conn, args.months)
+            projects = time_saved.per_project(conn, args.top)
+            days = time_saved.downloads_per_day(conn, args.days)
+            state = time_saved.importer_state(conn)
+        finally:
+            conn.close()
+        print(f"Time saved: {time_saved.human(total.saved)} by {total.downloads} download(s) "
+              "of non-pure wheels")
+        print("\nPer month (UTC)")
+        print(_table(("month", "downloads", "saved"),
+                     [(f"{m.key:%Y-%m}", m.downloads, time_saved.human(m.saved))
+                      for m in months]) if months else "  (none yet)")
+        print(f"\nTop {args.top} projects")
+        print(_table(("project", "downloads", "saved"),
+                     [(p.key, p.downloads, time_saved.human(p.saved)) for p in projects])
+              if projects else "  (none yet)")
+        print(f"\nRequests per day, last {args.days} days (UTC)")
+        print(_table(("day", "wheels", "requests"), days) if days else "  (none)")
+        print("\nImporter")
+        print(_table(("log", "lines", "malformed", "rotations", "truncations", "last commit"),
+                     state) if state else "  (nothing imported yet)")
+        return 0
+    if args.once:
+        imported, malformed = log_import.import_available(cfg.dsn, logs_cfg)
+        print(f"imported {imported} line(s) of {logs_cfg.access_log}; {malformed} malformed "
+              "(skipped; a sample is in download_log_malformed)")
+        return 0
+    log_import.serve(cfg.dsn, logs_cfg)
+    return 0
+
+
 # ----------------------------------------------------------------- parser
 
 def parser() -> argparse.ArgumentParser:
@@ -486,6 +525,17 @@ def parser() -> argparse.ArgumentParser:
     st.add_argument("--recent", type=int, default=10, help="how many recent builds (default 10)")
     st.set_defaults(func=cmd_status)
 
+    lg = sub.add_parser("logs", help="import nginx's access log into downloads (master "
+                                     "service); --summary: time saved and downloads")
+    lg.add_argument("--config", default=MASTER_CONF, help=f"default {MASTER_CONF}")
+    lg.add_argument("--once", action="store_true", help="import what the log holds, then exit")
+    lg.add_argument("--summary", action="store_true",
+                    help="print time saved (total, per month, per project), requests per day "
+                         "and the importer's counters")
+    lg.add_argument("--months", type=int, default=12, help="months in --summary (default 12)")
+    lg.add_argument("--top", type=int, default=20, help="projects in --summary (default 20)")
+    lg.add_argument("--days", type=int, default=14, help="days in --summary (default 14)")
+    lg.set_defaults(func=cmd_logs)
     im = sub.add_parser("import", help="record every project of the upstream and queue their "
                                        "builds (mirror mode; resumable: run it again after an "
                                        "interruption)")

@@ -6,7 +6,7 @@
 --   rows: old months can be detached or dropped whole, and queries over a
 --   period read only its partitions. downloads_partition() makes a month's
 --   partition when the importer first meets it.
--- * client is never the address: see docs/stats.md (a keyed hash of the
+-- * client is never the address: see docs/downloads.md (a keyed hash of the
 --   client's network, the key rotated, so a client is countable but not
 --   identifiable).
 -- * download_time_saved: for each download of a wheel that is not pure Python,
@@ -33,7 +33,7 @@ CREATE TABLE downloads (
     distro_version       text,
     system_name          text,
     cpu                  text,
-    client               text      -- privacy-protected client id (docs/stats.md)
+    client               text      -- privacy-protected client id (docs/downloads.md)
 ) PARTITION BY RANGE (accessed_at);
 COMMENT ON TABLE downloads IS 'Requests to the master''s index, imported from nginx''s access log by pinwheel logs';
 
