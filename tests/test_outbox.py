@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -38,8 +37,8 @@ def recorded(place: Path, job_id: int = 7) -> outbox.Pending:
 
 
 @pytest.fixture
-def place() -> Path:
-    return Path(tempfile.mkdtemp(prefix="pinwheel-outbox-"))
+def place(tmp_path: Path) -> Path:
+    return tmp_path
 
 
 def test_a_recorded_build_loads_back_as_it_was(place):

@@ -7,12 +7,13 @@ See docs/decisions.md, "pip's cache".
 
 from __future__ import annotations
 
-import os
-import tempfile
+import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from harness.agents import world_readable_tempdir
 from harness.upstream import UpstreamIndex
 from harness.users import AgentUsers, ensure_agent_users
 from pinwheel.sandbox import Sandbox
@@ -30,10 +31,10 @@ def users() -> AgentUsers:
 
 
 @pytest.fixture
-def place() -> Path:
-    d = Path(tempfile.mkdtemp(prefix="pinwheel-pipc-"))
-    os.chmod(d, 0o755)
-    return d
+def place() -> Iterator[Path]:
+    d = world_readable_tempdir("pinwheel-pipc-")
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
 
 
 def sandbox(users: AgentUsers, place: Path, upstream: UpstreamIndex,

@@ -9,14 +9,15 @@ from __future__ import annotations
 import logging
 import os
 import re
+import shutil
 import socket
 import subprocess
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from harness.agents import world_readable_tempdir
 from harness.buildnet import BuildNetwork, nft_usable
 from harness.cgroups import cgroup_root, delegated_cgroup, remove_cgroup
 from harness.users import AgentUsers, ensure_agent_users
@@ -35,10 +36,10 @@ def users() -> AgentUsers:
 
 
 @pytest.fixture
-def place() -> Path:
-    d = Path(tempfile.mkdtemp(prefix="pinwheel-sbx-"))
-    os.chmod(d, 0o755)
-    return d
+def place() -> Iterator[Path]:
+    d = world_readable_tempdir("pinwheel-sbx-")
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
 
 
 def fake_python(place: Path, body: str) -> str:

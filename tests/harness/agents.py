@@ -9,6 +9,8 @@ used), as the builder role installs it; builds run as a second user. Its
 
 from __future__ import annotations
 
+import atexit
+import functools
 import os
 import pwd
 import shutil
@@ -27,13 +29,20 @@ SYSTEM_PYTHON = "/usr/bin/python3"
 
 
 def world_readable_tempdir(prefix: str) -> Path:
+    """A directory in /tmp the agent and build users can enter (pytest's tmp_path
+    is root's alone); removed when the test process exits."""
     path = Path(tempfile.mkdtemp(prefix=prefix))
     os.chmod(path, 0o755)
+    atexit.register(shutil.rmtree, path, ignore_errors=True)
     return path
 
 
+@functools.cache
 def make_agent_venv() -> Path:
-    """Install the agent into a fresh venv made from the system Python; returns the venv."""
+    """The agent installed into a venv made from the system Python; returns the venv.
+
+    Built once per test process (agents only run it, never change it) and removed
+    when the process exits, so a test session leaves no venvs behind in /tmp."""
     base = world_readable_tempdir("pinwheel-agent-venv-")
     src = base / "src"
     shutil.copytree(REPO / "agent", src,
