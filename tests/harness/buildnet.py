@@ -20,8 +20,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from .nginx import wait_listening
-from .ports import free_port
+from .ports import free_port, wait_listening
 from .templates import render_role_template
 
 NFT = shutil.which("nft") or "/usr/sbin/nft"

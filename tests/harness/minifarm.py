@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .agents import AgentProcess, make_agent_venv, wait_until, write_agent_config
-from .nginx import wait_listening
+from .ports import wait_listening
 from .sshd import SSHD, SshdMaster
 from .templates import write_role_template
 from .users import AgentUsers, ensure_agent_users

@@ -12,13 +12,11 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
-import time
 from pathlib import Path
 
-from .ports import free_port
+from .ports import free_port, wait_listening
 from .templates import render_role_template
 
 NGINX = "/usr/sbin/nginx"
@@ -26,21 +24,6 @@ WORKER_USER = "www-data"
 WWW_SUBDIRS = ("simple", "packages", "logs", "project")
 PERL_MODULE = "/usr/lib/nginx/modules/ngx_http_perl_module.so"
 TEMP_PATHS = ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
-
-
-def wait_listening(proc: subprocess.Popen[bytes], port: int, what: str,
-                   timeout: float = 10.0) -> None:
-    """Wait until ``proc`` listens on ``127.0.0.1:port``; fail early if it exits."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{what} exited with status {proc.returncode}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1):
-                return
-        except OSError:
-            time.sleep(0.02)
-    raise TimeoutError(f"{what} did not listen on 127.0.0.1:{port} within {timeout}s")
 
 
 def _main_conf(base: Path, site: Path) -> str:

@@ -53,8 +53,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from .nginx import wait_listening
-from .ports import free_port
+from .ports import free_port, wait_listening
 from .templates import render_role_template
 
 SSHD = "/usr/sbin/sshd"

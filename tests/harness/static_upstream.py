@@ -16,8 +16,8 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from .nginx import NGINX, TEMP_PATHS, WORKER_USER, wait_listening
-from .ports import free_port
+from .nginx import NGINX, TEMP_PATHS, WORKER_USER
+from .ports import free_port, wait_listening
 
 JSON_TYPE = "application/vnd.pypi.simple.v1+json"
 SHA = "0" * 64

@@ -443,6 +443,16 @@ def cmd_logs(args: argparse.Namespace) -> int:
 
 # ----------------------------------------------------------------- parser
 
+def _release_args(p: argparse.ArgumentParser, version: str = "only this release",
+                  target: str | None = None) -> None:
+    """The project name and optional version every release command takes, and with
+    ``target`` (its help) the optional --target."""
+    p.add_argument("name", help="project name, any spelling")
+    p.add_argument("version", nargs="?", help=version)
+    if target is not None:
+        p.add_argument("--target", metavar="ABI-PLATFORM", help=target)
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="pinwheel", description="Pinwheel wheel-building farm")
     p.add_argument("--version", action="version", version=f"pinwheel {__version__}")
@@ -547,9 +557,8 @@ def parser() -> argparse.ArgumentParser:
 
     rbd = sub.add_parser("rebuild", help="build releases already built again (after a builder "
                                          "fix); the published wheels stay until replaced")
-    rbd.add_argument("name", help="project name, any spelling")
-    rbd.add_argument("version", nargs="?", help="only this release (default: every one built)")
-    rbd.add_argument("--target", metavar="ABI-PLATFORM", help="only this target")
+    _release_args(rbd, version="only this release (default: every one built)",
+                  target="only this target")
     rbd.add_argument("--priority", type=int, default=0, help="higher builds sooner (default 0)")
     rbd.add_argument("--reason", default="rebuild requested",
                      help="why (recorded in operator_actions)")
@@ -558,8 +567,7 @@ def parser() -> argparse.ArgumentParser:
 
     rm = sub.add_parser("remove", help="unpublish a project or a release, cancel its jobs and "
                                        "skip it (the watcher does not add it back)")
-    rm.add_argument("name", help="project name, any spelling")
-    rm.add_argument("version", nargs="?", help="only this release")
+    _release_args(rm)
     rm.add_argument("--reason", required=True, help="why (recorded, and shown as the skip)")
     rm.add_argument("--config", default=MASTER_CONF, help=f"default {MASTER_CONF}")
     rm.set_defaults(func=cmd_remove)
@@ -586,10 +594,7 @@ def parser() -> argparse.ArgumentParser:
             ("retry", cmd_retry, "queue again, at the front, the failed or timed-out builds of a "
                                  "project, a release or one target of it")):
         bq = sub.add_parser(verb, help=what)
-        bq.add_argument("name", help="project name, any spelling")
-        bq.add_argument("version", nargs="?", help="only this release")
-        bq.add_argument("--target", metavar="ABI-PLATFORM",
-                        help="only this build target, e.g. cp311-linux_armv7l")
+        _release_args(bq, target="only this build target, e.g. cp311-linux_armv7l")
         bq.add_argument("--config", default=MASTER_CONF, help=f"default {MASTER_CONF}")
         bq.set_defaults(func=func)
     return p
