@@ -3,8 +3,10 @@
 A skip has a reason and applies to a project, one release, or a build target
 (``<abi>-<platform>``): the ``skip_reason`` columns ``plan_release`` already
 respects, so nothing new is queued for it, whether by ``pinwheel add`` or by
-``pinwheel watch``. Skipping also cancels the queued jobs it covers (a build
-already running finishes). Unskipping clears the reason and queues again
+``pinwheel watch``. Skipping also cancels the queued jobs it covers; a build
+already running for a skipped project or release is cancelled too (its builder
+is told on its next heartbeat and stops it, migration 9), while one running for
+a skipped target finishes. Unskipping clears the reason and queues again
 what is then due, by the rule ``plan_release`` follows too (``plan_due``):
 every release with an sdist that is not yanked, not deleted upstream, and not
 already built, queued or covered by a verified pure or abi3 wheel.
