@@ -42,7 +42,7 @@ def per_month(conn: Any, months: int = 12) -> list[Saved]:
     """The last ``months`` months that had downloads, oldest first."""
     rows = _rows(conn, """
         SELECT * FROM (
-            SELECT date_trunc('month', day)::date AS month, sum(downloads), sum(saved)
+            SELECT date_trunc('month', day::timestamp)::date AS month, sum(downloads), sum(saved)
               FROM download_days_saved GROUP BY 1 ORDER BY 1 DESC LIMIT %s) m
          ORDER BY month""", (months,))
     return [Saved(m, int(n), s) for m, n, s in rows]
