@@ -6,11 +6,14 @@
    in JSON and HTML, project pages, JSON pages and other requests, from 50,000 networks.
 2. End to end: ``pinwheel.log_import.import_available`` (what ``pinwheel logs --once`` runs):
    read, parse, classify, hash the clients, COPY into the staging table, INSERT ... SELECT
-   into ``downloads`` with each wheel's file_id, the position committed per batch.
+   into ``downloads`` with each wheel's file_id (its trigger adding the rows to the daily
+   summaries, migration 0013), the position committed per batch.
 3. Beside it, in the same run: the same rows, pre-parsed (untimed) into COPY's text format,
-   loaded with one raw ``COPY downloads FROM STDIN`` into another database of the cluster.
-4. At that size: the time-saved queries (pinwheel.time_saved: total, per month, per
-   project) and downloads per day.
+   loaded with one raw ``COPY downloads FROM STDIN`` into another database of the cluster
+   (the trigger summing them too).
+4. At that size: the queries the stats read, from the daily summaries (pinwheel.time_saved:
+   total, per month, per project, downloads per day; pinwheel.farm_stats: totals, top 10
+   projects), beside the raw scan the total used to be (``download_time_saved``).
 
 Writes its section of docs/benchmarks.md (between the bench:logs markers).
 Run: ``nice -n 10 .venv/bin/python bench/logs_bench.py`` (after ``make test-deps``), or
@@ -38,7 +41,7 @@ sys.path[:0] = [str(REPO / "tests"), str(REPO / "agent" / "src"), str(REPO / "be
 from machine import cpu_model, ram_gib  # noqa: E402
 
 from harness.postgres import PostgresCluster  # noqa: E402
-from pinwheel import db, time_saved  # noqa: E402
+from pinwheel import db, farm_stats, time_saved  # noqa: E402
 from pinwheel.access_log import ClientHasher, parse_agent  # noqa: E402
 from pinwheel.download_keys import MonthlyKeys  # noqa: E402
 from pinwheel.log_import import LogsConfig, import_available  # noqa: E402
@@ -208,15 +211,27 @@ def main() -> int:
         same = pg.query("logs_bench", "SELECT count(*) FROM downloads WHERE client IS NULL")
         assert same == [(0,)], same
 
-        pg.query("logs_bench", "VACUUM ANALYZE downloads")
+        pg.query("logs_bench", "VACUUM ANALYZE downloads, download_days, download_request_days")
         conn = db.connect(dsn)
         wheels = pg.query("logs_bench", "SELECT count(*) FROM download_time_saved")[0][0]
+        summary = pg.query("logs_bench", "SELECT count(*) FROM download_days")[0][0]
+
+        def raw_total() -> Any:
+            with conn.cursor() as cur:
+                cur.execute("SELECT count(*), sum(saved) FROM download_time_saved")
+                return cur.fetchall()
+        assert raw_total() == [(time_saved.total(conn).downloads, time_saved.total(conn).saved)]
         for label, fn in (
-                (f"time saved in total ({wheels:,} non-pure wheel downloads)",
+                (f"raw scan, for comparison: time saved in total over `download_time_saved` "
+                 f"({wheels:,} non-pure wheel downloads)", raw_total),
+                (f"time saved in total (the summary: {summary:,} rows of `download_days`)",
                  lambda: time_saved.total(conn)),
                 ("time saved per month", lambda: time_saved.per_month(conn)),
                 ("time saved per project, top 20", lambda: time_saved.per_project(conn)),
-                ("downloads per day, last 30 days", lambda: time_saved.downloads_per_day(conn))):
+                ("downloads per day, last 30 days", lambda: time_saved.downloads_per_day(conn)),
+                ("/stats/ totals (downloads and time saved ever, builds, files)",
+                 lambda: farm_stats.totals(conn)),
+                ("/stats/ top 10 projects, last 30 days", lambda: farm_stats.top_projects(conn))):
             best = min(timed(fn)[0] for _ in range(3))
             rows.append((f"query: {label}", f"{best * 1000:,.0f} ms"))
             print(rows[-1], flush=True)
@@ -253,10 +268,13 @@ Re-run: `make bench-logs` (or `nice -n 10 .venv/bin/python bench/logs_bench.py` 
 The end-to-end figure is what one `pinwheel logs` process sustains (one core: reading,
 `json.loads`, classification, the user agent parse cached per agent string, the keyed hash
 cached per /24 or /48); the raw COPY is what the database takes for the same rows loaded
-directly. The difference is the importer's parsing in Python and its second pass (the
-staging table, then INSERT ... SELECT with the file_id join). The queries read the
-month partitions whole: at hundreds of millions of rows the stats pages should keep daily
-aggregates instead of scanning (the other helper's stats work).
+directly (both add the rows to the daily summaries in the same statement, by the
+trigger of migration 0013). The difference is the importer's parsing in Python and its second
+pass (the staging table, then INSERT ... SELECT with the file_id join). The queries are those
+of `pinwheel logs --summary` and the stats pages: they read the daily summary
+(`download_days`: one row per day, project, file, installer and Python version), whose size
+grows with the days and the variety of downloads, not their number; the raw scan line is what
+the total cost when it read every download.
 {MARK_END}"""
     text = DOCS.read_text()
     if MARK_START in text:

@@ -19,13 +19,14 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
-from datetime import datetime, timedelta, timezone
+from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
 from index_catalogue import ARM, DEMO, served_catalogue
 from test_index_clients import PIP, UV, clean_env, run
 
+from harness.download_days import assert_summaries_match
 from harness.nginx import NginxServer
 from harness.templates import render_role_template, write_role_template
 from pinwheel import time_saved
@@ -216,12 +217,26 @@ def synthetic(tmp_path) -> Path:
     return tmp_path / "access.json"
 
 
+def synthetic_line(i: int) -> str:
+    """Line ``i`` of a synthetic log: a third wheel downloads (some 404, three agents, over
+    three UTC days), the rest project pages; every path distinct."""
+    at = (datetime(2026, 3, 4, 22, tzinfo=timezone.utc) + timedelta(seconds=4 * i)).isoformat(
+        timespec="milliseconds")
+    agent = (PIP_AGENT, UV_AGENT, "curl/8.0")[i // 3 % 3]
+    if i % 3 == 1:
+        project = f"pk{i % 11}"
+        return line(f"/packages/{project}/{project}-{i}-cp311-cp311-linux_x86_64.whl", at=at,
+                    status=404 if i % 13 == 0 else 200, agent=agent,
+                    addr=f"10.{i % 250}.{i % 7}.1")
+    return line(f"/project/p{i}/", at=at, agent=agent, addr=f"10.{i % 250}.{i % 7}.1")
+
+
 def test_sigkill_mid_batch_then_restart_counts_every_line_once(pg, database, tmp_path,
                                                                synthetic):
     total = 40000
     with open(synthetic, "w") as fh:
         for i in range(total):
-            fh.write(line(f"/project/p{i}/", addr=f"10.{i % 250}.{i % 7}.1"))
+            fh.write(synthetic_line(i))
     conf = master_conf(tmp_path, pg, database, synthetic, batch_lines=100)
     out = tmp_path / "importer.log"
     for _ in range(2):  # killed twice, each time inside a transaction
@@ -237,6 +252,8 @@ def test_sigkill_mid_batch_then_restart_counts_every_line_once(pg, database, tmp
         assert proc.returncode == -signal.SIGKILL
         done = count(pg, database)
         assert 0 < done < total, out.read_text()
+        # The batch it was killed in is in neither the rows nor the daily summaries.
+        assert_summaries_match(pg, database)
     done = logs_cmd(conf, "--once")
     assert done.returncode == 0, done.stdout + done.stderr
     assert count(pg, database) == total
@@ -245,6 +262,12 @@ def test_sigkill_mid_batch_then_restart_counts_every_line_once(pg, database, tmp
         database, "SELECT byte_offset, lines_imported, lines_malformed FROM "
                   "download_log_position")
     assert (offset, imported, malformed) == (synthetic.stat().st_size, total, 0)
+    wheels = sum(1 for i in range(total) if i % 3 == 1 and i % 13 != 0)
+    assert assert_summaries_match(pg, database) == wheels
+    days = pg.query(database, "SELECT day, installer_name, python_minor, sum(downloads) "
+                              "FROM download_days GROUP BY 1, 2, 3 ORDER BY 1, 2, 3")
+    assert {d.isoformat() for d, *_ in days} == {"2026-03-04", "2026-03-05", "2026-03-06"}
+    assert {(i, p) for _, i, p, _ in days} == {("pip", "3.11"), ("uv", "3.12"), ("", "")}
 
 
 def test_malformed_lines_are_counted_and_sampled_never_fatal(pg, database, tmp_path,
@@ -275,6 +298,29 @@ def test_malformed_lines_are_counted_and_sampled_never_fatal(pg, database, tmp_p
     assert all(raw[s[0]:].startswith(s[2][:5].encode()) for s in samples if s[2].isascii())
 
 
+def test_a_row_the_database_refuses_is_left_out_of_the_daily_summaries_too(
+        pg, database, tmp_path, synthetic):
+    # A value the parser let through by mistake, played by a constraint of this test: the
+    # batch is retried row by row, and the summaries count only the rows that landed.
+    wheel = "/packages/pk/pk-1.0-cp311-cp311-linux_x86_64.whl"
+    pg.query(database, "ALTER TABLE downloads ADD CONSTRAINT test_refused "
+                       "CHECK (path <> '/packages/pk/refused.whl')")
+    with open(synthetic, "w") as fh:
+        for path in (wheel, "/project/pk/", wheel, "/packages/pk/refused.whl", wheel):
+            fh.write(line(path))
+    conf = master_conf(tmp_path, pg, database, synthetic)
+    done = logs_cmd(conf, "--once")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "1 malformed" in done.stdout
+    assert count(pg, database) == 4
+    assert assert_summaries_match(pg, database) == 3
+    assert pg.query(database, "SELECT day, package, installer_name, python_minor, downloads "
+                              "FROM download_days")[0][1:] == ("pk", "pip", "3.11", 3)
+    assert pg.query(database, "SELECT requests FROM download_request_days") == [(4,)]
+    assert pg.query(database, "SELECT count(*) FROM download_log_malformed "
+                              "WHERE error LIKE 'refused by the database%%'") == [(1,)]
+
+
 def test_partitions_are_made_across_a_month_boundary(pg, database, tmp_path, synthetic):
     with open(synthetic, "w") as fh:
         fh.write(line("/simple/a/", at="2026-01-31T23:59:59.999+00:00"))
@@ -287,6 +333,23 @@ def test_partitions_are_made_across_a_month_boundary(pg, database, tmp_path, syn
     assert rows == [("downloads_2026_01", "/simple/a/"),
                     ("downloads_2026_02", "/simple/b/"),
                     ("downloads_2026_02", "/simple/c/")]
+    # The summaries' days are UTC days too.
+    wheel = "/packages/w/w-1.0-cp311-cp311-linux_x86_64.whl"
+    with open(synthetic, "a") as fh:
+        fh.write(line(wheel, at="2026-01-31T23:59:59.999+00:00"))
+        fh.write(line(wheel, at="2026-01-31T20:30:00.000-05:00"))
+    assert logs_cmd(conf, "--once").returncode == 0
+    assert_summaries_match(pg, database)
+    jan31, feb1 = date(2026, 1, 31), date(2026, 2, 1)
+    summary = ("SELECT day, downloads FROM download_days ORDER BY 1",
+               "SELECT day, requests FROM download_request_days ORDER BY 1")
+    kept = [[(jan31, 1), (feb1, 1)], [(jan31, 2), (feb1, 3)]]
+    assert [pg.query(database, q) for q in summary] == kept
+    # An old month detached and dropped: its raw rows go, the stats stay.
+    pg.query(database, "ALTER TABLE downloads DETACH PARTITION downloads_2026_01")
+    pg.query(database, "DROP TABLE downloads_2026_01")
+    assert count(pg, database) == 3
+    assert [pg.query(database, q) for q in summary] == kept
 
 
 # ------------------------------------------------------------------ real nginx, pip and uv
@@ -301,8 +364,9 @@ def served(pg, pg_template) -> Iterator[tuple]:
 def test_real_pip_and_uv_downloads_are_recorded_and_save_time(served, tmp_path):
     cat, server = served
     pg, database = cat.pg, cat.database
-    pg.query(database, "DELETE FROM downloads")
-    pg.query(database, "DELETE FROM download_log_position")
+    for table in ("downloads", "download_days", "download_request_days",
+                  "download_log_position"):
+        pg.query(database, f"DELETE FROM {table}")
     conf = master_conf(tmp_path, pg, database, server.access_log)
     env = clean_env(tmp_path)
     index = f"{server.url}/simple/"
@@ -347,10 +411,20 @@ def test_real_pip_and_uv_downloads_are_recorded_and_save_time(served, tmp_path):
 
     # Time saved: the two downloads of the cp311 wheel, 42 s of build each; the pure wheel
     # saves nothing.
+    assert assert_summaries_match(pg, database) == 3
     conn = connect(cat.cfg.dsn)
     try:
         total = time_saved.total(conn)
         assert (total.downloads, total.saved) == (2, timedelta(seconds=84))
+        # The summary gives what the raw rows give.
+        assert pg.query(database, "SELECT count(*), sum(saved) FROM download_time_saved") == \
+            [(total.downloads, total.saved)]
+        per_day = time_saved.downloads_per_day(conn, 2)
+        assert per_day == pg.query(
+            database, "SELECT (accessed_at AT TIME ZONE 'UTC')::date, count(*) FILTER "
+                      "(WHERE kind = 'wheel' AND status BETWEEN 200 AND 299), count(*) "
+                      "FROM downloads GROUP BY 1 ORDER BY 1")
+        assert sum(w for _, w, _ in per_day) == 3
         assert [(p.key, p.downloads) for p in time_saved.per_project(conn)] == [(ARM, 2)]
         month = time_saved.per_month(conn)
         assert len(month) == 1 and month[0].saved == timedelta(seconds=84)
@@ -372,8 +446,18 @@ def test_rotation_mid_stream_and_a_kill_across_it_lose_and_double_nothing(
         out = tmp_path / "importer.log"
         asked: list[str] = []
 
+        wheel = "/packages/rot/rot-1.0-cp311-cp311-linux_x86_64.whl"
+        (server.www_root / "packages" / "rot").mkdir(mode=0o755)
+        (server.www_root / wheel.lstrip("/")).write_bytes(b"a wheel")
+        (server.www_root / wheel.lstrip("/")).chmod(0o644)
+
         def requests(n: int) -> None:
             for _ in range(n):
+                if len(asked) % 4 == 0:  # a quarter are wheel downloads (200)
+                    asked.append(wheel)
+                    with urllib.request.urlopen(server.url + wheel) as r:
+                        assert r.status == 200
+                    continue
                 path = f"/project/r{len(asked)}/"
                 asked.append(path)
                 with pytest.raises(urllib.error.HTTPError):
@@ -407,6 +491,7 @@ def test_rotation_mid_stream_and_a_kill_across_it_lose_and_double_nothing(
         assert pg.query(database, "SELECT files_done, lines_malformed FROM "
                                   "download_log_position") == [(2, 0)]
         assert "finishing the rotated" in out.read_text()
+        assert assert_summaries_match(pg, database) == asked.count(wheel) == 250
     finally:
         if proc is not None and proc.poll() is None:
             proc.terminate()

@@ -30,6 +30,7 @@ from typing import Any
 import pytest
 import yaml
 
+from harness.download_days import assert_summaries_match
 from harness.nginx import NginxServer
 from pinwheel import cli, db
 from pinwheel.queue import BuilderQueue
@@ -229,10 +230,12 @@ def expected_finished_last_hour(farm: Farm) -> dict[str, int]:
     return dict(rows)
 
 
-def expected_top(farm: Farm, column: str) -> dict[str, int]:
+def expected_top(farm: Farm, column: str, days: int = 30) -> dict[str, int]:
+    """Wheel downloads by ``column`` over the last ``days`` UTC days, today included."""
     rows = farm.sql(f"SELECT {column}, count(*) FROM downloads WHERE kind = 'wheel' "
-                    "AND status >= 200 AND status < 300 "
-                    "AND accessed_at >= now() - interval '30 days' GROUP BY 1")
+                    "AND status >= 200 AND status < 300 AND accessed_at >= "
+                    "((now() AT TIME ZONE 'UTC')::date - %s + 1)::timestamp AT TIME ZONE 'UTC' "
+                    "GROUP BY 1", (days,))
     return {str(k) if k is not None else "(unknown)": int(n) for k, n in rows}
 
 
@@ -246,6 +249,50 @@ def test_the_seed_is_what_the_numbers_below_are_about(farm):
     # Hand-checked: the SQL of this test agrees with the story the seed tells.
     assert sum(expected_downloads_per_day(farm).values()) == 3 + 1 + 2 + 1 + 4
     assert sum(saved_seconds(farm).values()) == 3 * 120 + 2 * 600 + 4 * 300
+    # The rows went in as the importer writes them: the daily summaries the stats read
+    # (migration 0013) hold exactly their aggregate.
+    assert assert_summaries_match(farm.pg, DATABASE) == 3 + 1 + 2 + 1 + 4
+
+
+def test_the_stats_from_the_daily_summary_equal_the_raw_rows(farm):
+    from pinwheel import farm_stats, time_saved
+    conn = db.connect(farm.pg.tcp_dsn("stat_master", "stat-master-pw", DATABASE))
+    try:
+        per_day = expected_downloads_per_day(farm)
+        assert {d.day.isoformat(): d.value for d in farm_stats.downloads_per_day(conn, 60)
+                if d.value} == per_day
+        saved = saved_seconds(farm)
+        rows = farm_stats.time_saved_per_day(conn, 7)
+        assert {d.isoformat(): s for d, s, _ in rows if s} == {
+            d: s for d, s in saved.items() if d >= rows[0][0].isoformat()}
+        assert rows[-1][2] == pytest.approx(sum(saved.values()))
+        today = farm.sql("SELECT (now() AT TIME ZONE 'UTC')::date")[0][0].isoformat()
+        assert farm_stats.downloads_today(conn) == per_day[today]
+        for fn, column in ((farm_stats.top_projects, "package"),
+                           (farm_stats.top_installers, "installer_name"),
+                           (farm_stats.top_pythons,
+                            "substring(python_version FROM '^[0-9]+[.][0-9]+')")):
+            for days in (1, 2, 36, 60):
+                assert dict(fn(conn, days)) == expected_top(farm, column, days), (column, days)
+        totals = farm_stats.totals(conn)
+        assert (totals.downloads, totals.time_saved) == (sum(per_day.values()),
+                                                         pytest.approx(sum(saved.values())))
+        # pinwheel logs --summary: the same numbers as the raw view download_time_saved.
+        total = time_saved.total(conn)
+        assert farm.sql("SELECT count(*), sum(saved) FROM download_time_saved") == [
+            (total.downloads, total.saved)]
+        assert [(m.key, m.downloads, m.saved) for m in time_saved.per_month(conn)] == farm.sql(
+            "SELECT date_trunc('month', accessed_at AT TIME ZONE 'UTC')::date, count(*), "
+            "sum(saved) FROM download_time_saved GROUP BY 1 ORDER BY 1")
+        assert [(p.key, p.downloads, p.saved) for p in time_saved.per_project(conn)] == farm.sql(
+            "SELECT package, count(*), sum(saved) FROM download_time_saved GROUP BY 1 "
+            "ORDER BY 3 DESC, 1")
+        assert time_saved.downloads_per_day(conn, 60) == farm.sql(
+            "SELECT (accessed_at AT TIME ZONE 'UTC')::date, count(*) FILTER (WHERE kind = "
+            "'wheel' AND status BETWEEN 200 AND 299), count(*) FROM downloads GROUP BY 1 "
+            "ORDER BY 1")
+    finally:
+        conn.close()
     assert expected_queue(farm) == {"cp311-linux_x86_64": (5, 1), "cp311-linux_armv7l": (2, 0),
                                     "cp39-linux_x86_64": (1, 0)}
 

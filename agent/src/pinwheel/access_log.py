@@ -79,10 +79,8 @@ def _text(value: object) -> str | None:
     """A short clean string from a user agent field, else None."""
     if not isinstance(value, (str, int, float)) or isinstance(value, bool):
         return None
-    text = str(value).strip()
-    if not text:
-        return None
-    return "".join(c for c in text[:MAX_FIELD] if c.isprintable())
+    text = "".join(c for c in str(value).strip()[:MAX_FIELD] if c.isprintable())
+    return text or None   # never '': the daily summary keeps '' for unknown
 
 
 def _get(obj: object, *keys: str) -> object:

@@ -3,7 +3,9 @@
 Every function takes an autocommit connection of the master (``pinwheel_master``)
 and returns plain dataclasses. Days are UTC days; "recent" windows are given in
 seconds. Downloads count only successful wheel downloads (``kind = 'wheel'``,
-status 2xx) unless said otherwise; time saved is ``download_time_saved``.
+status 2xx); they are read from the daily summary ``download_days`` (kept with the
+imported rows, migration 0013), never from the raw ``downloads``, and time saved from
+``download_days_saved`` (``download_time_saved`` summed per day).
 """
 
 from __future__ import annotations
@@ -127,11 +129,8 @@ def _days(conn: Any, sql: str, days: int) -> list[tuple[Any, ...]]:
 
 def downloads_per_day(conn: Any, days: int = 30) -> list[DayCount]:
     rows = _days(conn, """
-        SELECT span.d, count(dl.*)
-          FROM span LEFT JOIN downloads dl
-            ON dl.accessed_at >= span.d::timestamp AT TIME ZONE 'UTC'
-           AND dl.accessed_at < (span.d + 1)::timestamp AT TIME ZONE 'UTC'
-           AND dl.kind = 'wheel' AND dl.status BETWEEN 200 AND 299
+        SELECT span.d, coalesce(sum(s.downloads), 0)
+          FROM span LEFT JOIN download_days s ON s.day = span.d
          GROUP BY span.d ORDER BY span.d""", days)
     return [DayCount(d, int(n)) for d, n in rows]
 
@@ -141,14 +140,12 @@ def time_saved_per_day(conn: Any, days: int = 30) -> list[tuple[date, float, flo
     rows = _days(conn, """
         , per_day AS (
             SELECT span.d, coalesce(extract(epoch FROM sum(t.saved)), 0)::float8 AS saved
-              FROM span LEFT JOIN download_time_saved t
-                ON t.accessed_at >= span.d::timestamp AT TIME ZONE 'UTC'
-               AND t.accessed_at < (span.d + 1)::timestamp AT TIME ZONE 'UTC'
+              FROM span LEFT JOIN download_days_saved t ON t.day = span.d
              GROUP BY span.d)
         SELECT d, saved,
                (SELECT coalesce(extract(epoch FROM sum(saved)), 0)::float8
-                  FROM download_time_saved
-                 WHERE accessed_at < (SELECT min(d) FROM span)::timestamp AT TIME ZONE 'UTC')
+                  FROM download_days_saved
+                 WHERE day < (SELECT min(d) FROM span))
                + sum(saved) OVER (ORDER BY d)
           FROM per_day ORDER BY d""", days)
     return [(d, float(s), float(c)) for d, s, c in rows]
@@ -214,34 +211,35 @@ def recent_failures(conn: Any, limit: int = 10) -> list[Failure]:
 
 def downloads_today(conn: Any) -> int:
     rows = db.call(conn, """
-        SELECT count(*) FROM downloads
-         WHERE accessed_at >= (now() AT TIME ZONE 'UTC')::date::timestamp AT TIME ZONE 'UTC'
-           AND kind = 'wheel' AND status BETWEEN 200 AND 299""")
+        SELECT coalesce(sum(downloads), 0) FROM download_days
+         WHERE day = (now() AT TIME ZONE 'UTC')::date""")
     return int(rows[0][0])
 
 
-def _top(conn: Any, expr: str, days: int, limit: int) -> list[tuple[str, int]]:
+def _top(conn: Any, column: str, days: int, limit: int) -> list[tuple[str, int]]:
+    """The most downloaded values of a column of download_days ('' is unknown) over the last
+    ``days`` UTC days, today included."""
     rows = db.call(conn, f"""
-        SELECT {expr} AS k, count(*) AS n FROM downloads
-         WHERE kind = 'wheel' AND status BETWEEN 200 AND 299
-           AND accessed_at >= now() - make_interval(days => %s)
+        SELECT CASE WHEN {column} = '' THEN '(unknown)' ELSE {column} END AS k,
+               sum(downloads) AS n
+          FROM download_days
+         WHERE day > (now() AT TIME ZONE 'UTC')::date - %s
          GROUP BY k ORDER BY n DESC, k LIMIT %s""", (days, limit))
     return [(str(k), int(n)) for k, n in rows]
 
 
 def top_projects(conn: Any, days: int = 30, limit: int = 10) -> list[tuple[str, int]]:
     """The most downloaded projects over the last ``days`` days."""
-    return _top(conn, "coalesce(package, '(unknown)')", days, limit)
+    return _top(conn, "package", days, limit)
 
 
 def top_installers(conn: Any, days: int = 30, limit: int = 10) -> list[tuple[str, int]]:
-    return _top(conn, "coalesce(installer_name, '(unknown)')", days, limit)
+    return _top(conn, "installer_name", days, limit)
 
 
 def top_pythons(conn: Any, days: int = 30, limit: int = 10) -> list[tuple[str, int]]:
     """Downloads by Python version (major.minor) over the last ``days`` days."""
-    return _top(conn, "coalesce(substring(python_version FROM '^[0-9]+\\.[0-9]+'), "
-                      "'(unknown)')", days, limit)
+    return _top(conn, "python_minor", days, limit)
 
 
 @dataclass(frozen=True)
@@ -256,10 +254,9 @@ class Totals:
 
 def totals(conn: Any) -> Totals:
     row = db.call(conn, """
-        SELECT (SELECT count(*) FROM downloads WHERE kind = 'wheel'
-                   AND status BETWEEN 200 AND 299),
+        SELECT (SELECT coalesce(sum(downloads), 0) FROM download_days),
                (SELECT coalesce(extract(epoch FROM sum(saved)), 0)::float8
-                  FROM download_time_saved),
+                  FROM download_days_saved),
                (SELECT count(*) FROM builds WHERE status = 'success'),
                (SELECT count(*) FROM builds WHERE status <> 'success'),
                (SELECT count(*) FROM files WHERE state = 'quarantined'),

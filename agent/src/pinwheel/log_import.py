@@ -2,10 +2,13 @@
 
 Each batch of whole lines (pinwheel.log_follow) is parsed (pinwheel.access_log), copied with
 ``COPY`` into a temporary staging table, and moved into ``downloads`` by one
-``INSERT ... SELECT`` that also finds each wheel's ``file_id`` among the published files. In
-the same transaction: the month partitions the rows need, a sample of the malformed lines,
-and the new file position in ``download_log_position``. A crash or a restart at any moment
-resumes from the last committed position: nothing counted twice, nothing lost.
+``INSERT ... SELECT`` that also finds each wheel's ``file_id`` among the published files;
+that statement's trigger (migration 0013) adds the rows to the daily summaries
+``download_days`` and ``download_request_days`` the stats read. In the same transaction: the
+month partitions the rows need, a sample of the malformed lines, and the new file position in
+``download_log_position``. A crash or a restart at any moment resumes from the last committed
+position: nothing counted twice (in the rows or the summaries), nothing lost. A row the
+database refuses is retried alone under a savepoint, its summary with it.
 A session advisory lock keeps a second importer off the same log. See docs/downloads.md.
 """
 

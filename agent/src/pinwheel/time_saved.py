@@ -1,9 +1,11 @@
-"""Build time saved by downloads, from the ``download_time_saved`` view (docs/downloads.md).
+"""Build time saved by downloads, from the daily summary (docs/downloads.md).
 
 Each download (2xx) of a wheel that is not pure Python saved its user the duration of the
-build that made that file. These queries add it up in total, per month (UTC) and per
-project; ``pinwheel logs --summary`` prints them, with downloads per day and the importer's
-counters, so the numbers are at hand before the stats pages exist.
+build that made that file (the ``download_time_saved`` view over the raw rows). These queries
+add it up in total, per month (UTC) and per project from ``download_days_saved``, the same
+over the per-day summary ``download_days`` (migration 0013), so they do not scan the raw
+``downloads``; ``pinwheel logs --summary`` prints them, with downloads per day and the
+importer's counters, so the numbers are at hand before the stats pages exist.
 """
 
 from __future__ import annotations
@@ -30,39 +32,38 @@ def _rows(conn: Any, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, 
 
 
 def total(conn: Any) -> Saved:
-    (downloads, saved), = _rows(conn, "SELECT count(*), coalesce(sum(saved), interval '0') "
-                                      "FROM download_time_saved")
-    return Saved(None, downloads, saved)
+    (downloads, saved), = _rows(conn, "SELECT coalesce(sum(downloads), 0), "
+                                      "coalesce(sum(saved), interval '0') "
+                                      "FROM download_days_saved")
+    return Saved(None, int(downloads), saved)
 
 
 def per_month(conn: Any, months: int = 12) -> list[Saved]:
     """The last ``months`` months that had downloads, oldest first."""
     rows = _rows(conn, """
         SELECT * FROM (
-            SELECT date_trunc('month', accessed_at AT TIME ZONE 'UTC')::date AS month,
-                   count(*), sum(saved)
-              FROM download_time_saved GROUP BY 1 ORDER BY 1 DESC LIMIT %s) m
+            SELECT date_trunc('month', day::timestamp)::date AS month, sum(downloads), sum(saved)
+              FROM download_days_saved GROUP BY 1 ORDER BY 1 DESC LIMIT %s) m
          ORDER BY month""", (months,))
-    return [Saved(*row) for row in rows]
+    return [Saved(m, int(n), s) for m, n, s in rows]
 
 
 def per_project(conn: Any, limit: int = 20) -> list[Saved]:
     """The projects that saved the most time, most first."""
     rows = _rows(conn, """
-        SELECT package, count(*), sum(saved) FROM download_time_saved
+        SELECT package, sum(downloads), sum(saved) FROM download_days_saved
          GROUP BY package ORDER BY sum(saved) DESC, package LIMIT %s""", (limit,))
-    return [Saved(*row) for row in rows]
+    return [Saved(p, int(n), s) for p, n, s in rows]
 
 
 def downloads_per_day(conn: Any, days: int = 30) -> list[tuple[date, int, int]]:
     """(day, wheel downloads, all requests) for the last ``days`` days (UTC), oldest first."""
-    return [tuple(r) for r in _rows(conn, """
-        SELECT (accessed_at AT TIME ZONE 'UTC')::date,
-               count(*) FILTER (WHERE kind = 'wheel' AND status BETWEEN 200 AND 299), count(*)
-          FROM downloads
-         WHERE accessed_at >= date_trunc('day', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'
-                              - make_interval(days => %s - 1)
-         GROUP BY 1 ORDER BY 1""", (days,))]
+    return [(d, int(w), int(r)) for d, w, r in _rows(conn, """
+        SELECT r.day, coalesce((SELECT sum(s.downloads) FROM download_days s
+                                 WHERE s.day = r.day), 0), r.requests
+          FROM download_request_days r
+         WHERE r.day > (now() AT TIME ZONE 'UTC')::date - %s
+         ORDER BY r.day""", (days,))]
 
 
 def importer_state(conn: Any) -> list[tuple[Any, ...]]:
