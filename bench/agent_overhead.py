@@ -53,6 +53,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 
+from benchdocs import write_section  # noqa: E402
 from machine import cpu_model, ram_gib  # noqa: E402
 
 from harness.agents import SYSTEM_PYTHON, world_readable_tempdir  # noqa: E402
@@ -314,13 +315,7 @@ def render(jobs: list[AgentJob], pip_times: list[float], parts: dict[str, list[f
 
 
 def write_docs(path: Path, section: str) -> None:
-    text = path.read_text(encoding="utf-8")
-    start, end = text.find(MARK_START), text.find(MARK_END)
-    if start != -1 and end > start:
-        text = text[:start] + section + text[end + len(MARK_END):].lstrip("\n")
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    path.write_text(text, encoding="utf-8")
+    write_section(path, MARK_START, MARK_END, section)
 
 
 PRIVATE_TMP_ENV = "PINWHEEL_BENCH_PRIVATE_TMP"

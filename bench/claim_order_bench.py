@@ -24,6 +24,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO / "tests"), str(REPO / "agent" / "src"), str(REPO / "bench")]
 
+from benchdocs import write_section  # noqa: E402
 from machine import cpu_model, ram_gib  # noqa: E402
 
 from harness.postgres import PostgresCluster  # noqa: E402
@@ -167,13 +168,7 @@ def main() -> int:
     section = "\n".join(lines)
     print(section)
     if not args.no_write:
-        text = DOCS.read_text(encoding="utf-8")
-        start, end = text.find(MARK_START), text.find(MARK_END)
-        if start != -1 and end > start:
-            text = text[:start] + section.rstrip("\n") + text[end + len(MARK_END):]
-        else:
-            text = text.rstrip("\n") + "\n\n" + section
-        DOCS.write_text(text, encoding="utf-8")
+        write_section(DOCS, MARK_START, MARK_END, section)
     return 0
 
 

@@ -24,7 +24,9 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO / "tests"), str(REPO / "agent" / "src")]
+sys.path[:0] = [str(REPO / "tests"), str(REPO / "agent" / "src"), str(REPO / "bench")]
+from benchdocs import write_section  # noqa: E402
+from machine import cpu_model, ram_gib  # noqa: E402
 
 from harness.postgres import PostgresCluster  # noqa: E402
 from harness.static_upstream import StaticUpstream  # noqa: E402
@@ -76,11 +78,11 @@ def main() -> int:
         up.destroy()
         pg.destroy()
 
-    cpu = platform.processor() or platform.machine()
     now = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     lines = [MARK_START, "## Import: a whole upstream", "",
-             f"Written by `bench/import_bench.py` on {now} ({os.cpu_count()} cores, {cpu}, "
-             "Python " + platform.python_version() + ", the throwaway PostgreSQL cluster of "
+             f"Written by `bench/import_bench.py` on {now} ({os.cpu_count()} cores, {cpu_model()}, "
+             f"{ram_gib()}, Python {platform.python_version()}, the throwaway PostgreSQL "
+             "cluster of "
              "tests/harness/postgres.py, the upstream as static files served by nginx on "
              "loopback; the machine was shared with other work). Re-run: "
              "`.venv/bin/python bench/import_bench.py` after `make test-deps`.", "",
@@ -97,13 +99,7 @@ def main() -> int:
     section = "\n".join(lines)
     print(section)
     if not args.no_write:
-        text = DOCS.read_text(encoding="utf-8")
-        start_at, end = text.find(MARK_START), text.find(MARK_END)
-        if start_at != -1 and end > start_at:
-            text = text[:start_at] + section.rstrip("\n") + text[end + len(MARK_END):]
-        else:
-            text = text.rstrip("\n") + "\n\n" + section
-        DOCS.write_text(text, encoding="utf-8")
+        write_section(DOCS, MARK_START, MARK_END, section)
     return 0
 
 

@@ -65,6 +65,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
+from benchdocs import write_section
 from machine import cpu_model, ram_gib  # bench/machine.py (this script's directory)
 
 REPO = Path(__file__).resolve().parent.parent
@@ -832,13 +833,7 @@ def render(cfg: Config, machine: dict[str, str], sizes: list[SizeResult],
 
 
 def write_docs(path: Path, section: str) -> None:
-    text = path.read_text(encoding="utf-8")
-    start, end = text.find(MARK_START), text.find(MARK_END)
-    if start != -1 and end > start:
-        text = text[:start] + section.rstrip("\n") + text[end + len(MARK_END):]
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    path.write_text(text if text.endswith("\n") else text + "\n", encoding="utf-8")
+    write_section(path, MARK_START, MARK_END, section)
 
 
 # -------------------------------------------------------------------- main

@@ -51,6 +51,8 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from benchdocs import write_section  # bench/benchdocs.py (this script's directory)
+
 if TYPE_CHECKING:
     from multiprocessing.queues import Queue
     from multiprocessing.synchronize import Barrier
@@ -1030,17 +1032,7 @@ benchmarks can share this file; text outside the markers is left alone.
 
 
 def write_docs(path: Path, section: str) -> None:
-    text = path.read_text(encoding="utf-8") if path.exists() else DOC_HEADER
-    start, end = text.find(MARK_START), text.find(MARK_END)
-    if start != -1 and end != -1 and end > start:
-        tail = text[end + len(MARK_END):]
-        text = text[:start] + section.rstrip("\n") + tail
-        if not text.endswith("\n"):
-            text += "\n"
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text, encoding="utf-8")
+    write_section(path, MARK_START, MARK_END, section, DOC_HEADER)
 
 
 # -------------------------------------------------------------------- main

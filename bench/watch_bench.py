@@ -30,7 +30,9 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO / "tests"), str(REPO / "agent" / "src")]
+sys.path[:0] = [str(REPO / "tests"), str(REPO / "agent" / "src"), str(REPO / "bench")]
+from benchdocs import write_section  # noqa: E402
+from machine import cpu_model, ram_gib  # noqa: E402
 
 from harness.postgres import PostgresCluster  # noqa: E402
 from harness.upstream import UpstreamIndex  # noqa: E402
@@ -138,11 +140,11 @@ def main() -> int:
         up.destroy()
         pg.destroy()
 
-    cpu = platform.processor() or platform.machine()
     now = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     lines = [MARK_START, "## Watch: polling the upstream", "",
-             f"Written by `bench/watch_bench.py` on {now} ({os.cpu_count()} cores, {cpu}, "
-             "Python " + platform.python_version() + ", the throwaway PostgreSQL cluster of "
+             f"Written by `bench/watch_bench.py` on {now} ({os.cpu_count()} cores, {cpu_model()}, "
+             f"{ram_gib()}, Python {platform.python_version()}, the throwaway PostgreSQL "
+             "cluster of "
              "tests/harness/postgres.py; the machine was shared with other work). Re-run: "
              "`.venv/bin/python bench/watch_bench.py` after `make test-deps`.", "",
              "| what | time |", "| --- | --- |"]
@@ -153,13 +155,7 @@ def main() -> int:
     section = "\n".join(lines)
     print(section)
     if not args.no_write:
-        text = DOCS.read_text(encoding="utf-8")
-        start, end = text.find(MARK_START), text.find(MARK_END)
-        if start != -1 and end > start:
-            text = text[:start] + section.rstrip("\n") + text[end + len(MARK_END):]
-        else:
-            text = text.rstrip("\n") + "\n\n" + section
-        DOCS.write_text(text, encoding="utf-8")
+        write_section(DOCS, MARK_START, MARK_END, section)
     return 0
 
 

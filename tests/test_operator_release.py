@@ -6,6 +6,7 @@ through the real SQL functions, the master's real ingest publishing them.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from pathlib import Path
@@ -14,7 +15,7 @@ import pytest
 from test_ingest import Farm
 from test_ingest import farm as farm  # the fixture, shared (the redundant alias re-exports it)
 
-from pinwheel import cli, index
+from pinwheel import cli, index, ingest
 from pinwheel import operator_release as ops
 from pinwheel.ingest import index_options
 
@@ -159,6 +160,43 @@ def test_remove_a_project_cancels_its_jobs_and_removes_its_pages(farm, tmp_path,
                        "spam")
     assert again.already and again.files == []
     assert index.published_packages(farm.master) == []
+
+
+def test_a_build_finished_before_a_remove_is_not_published_by_the_ingest_after_it(
+        farm, tmp_path, capsys):
+    published_build(farm, "1.0")
+    wheel = farm.push_wheel(version="2.0")
+    build = farm.build([wheel], version="2.0")   # finished, not yet ingested
+    code, out, _ = run(farm, tmp_path, capsys, "remove", "foo", "--reason", "malware")
+    assert code == 0, out
+    assert farm.ingest() == 1
+    assert farm.file_row(build) == (
+        "removed", "not published: removed by an operator: malware")
+    assert not (farm.incoming / wheel.filename).exists(), "the incoming copy is deleted"
+    assert not (farm.cfg.www_root / "packages" / "foo" / wheel.filename).exists()
+    assert not (farm.cfg.www_root / "simple" / "foo").exists()
+    assert farm.admin("SELECT ingest_state FROM builds WHERE build_id = %s", (build,)) == [
+        ("done",)]
+
+
+@pytest.mark.parametrize("on_removal, published", [("keep", True), ("remove", False)])
+def test_a_build_of_a_release_deleted_upstream_is_published_as_on_removal_says(
+        farm, on_removal, published):
+    build = farm.build([farm.push_wheel(version="1.0")], version="1.0")
+    farm.admin("UPDATE versions SET removed_upstream_at = now() WHERE package = 'foo'")
+    cfg = dataclasses.replace(farm.cfg, watch=dataclasses.replace(farm.cfg.watch,
+                                                                  on_removal=on_removal))
+    ingest.process_pending(farm.master, cfg)
+    assert farm.file_row(build) == (("published", None) if published else (
+        "removed", "not published: the release was removed upstream"))
+
+
+def test_a_plain_skip_still_publishes_what_was_built(farm, tmp_path, capsys):
+    build = farm.build([farm.push_wheel(version="1.0")], version="1.0")
+    code, out, _ = run(farm, tmp_path, capsys, "skip", "foo", "--reason", "too slow")
+    assert code == 0, out
+    farm.ingest()
+    assert farm.file_row(build) == ("published", None)
 
 
 def test_remove_usage_and_nothing_matched(farm, tmp_path, capsys):

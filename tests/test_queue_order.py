@@ -167,10 +167,14 @@ def test_the_watcher_puts_releases_of_known_projects_in_the_new_lane(pg, databas
         [("1.0", "backlog"), ("1.1", "backlog")]
     up.add_release("pw-hist", "2.0")
     up.add_release("pw-bin", "1.0", sdist=True)
+    # A project created upstream after the first listing is new too, not history.
+    up.add_release("pw-fresh", "0.1")
     watch.poll_once(cfg)
     assert pg.query(database, "SELECT package, version, lane FROM jobs ORDER BY 1, 2") == [
-        ("pw-bin", "1.0", "new"), ("pw-hist", "1.0", "backlog"), ("pw-hist", "1.1", "backlog"),
-        ("pw-hist", "2.0", "new")]
+        ("pw-bin", "1.0", "new"), ("pw-fresh", "0.1", "new"), ("pw-hist", "1.0", "backlog"),
+        ("pw-hist", "1.1", "backlog"), ("pw-hist", "2.0", "new")]
+    assert pg.query(database, "SELECT package FROM watch_projects WHERE appeared_at IS NOT NULL"
+                    ) == [("pw-fresh",)]
 
 
 # ------------------------------------------------------ bump and retry

@@ -45,6 +45,7 @@ import psycopg2
 
 from . import aptdeps, coverage, db, fsutil, index, new_targets
 from .config import MasterConfig
+from .operator_release import REMOVED_PREFIX
 from .schema import ROLE_NAME_RE
 from .verify import (
     LOG_NAME_RE,
@@ -337,6 +338,44 @@ def _verify(cfg: MasterConfig, build: PendingBuild, filename: str, size: int,
     return src_dir, wheel
 
 
+def _withdrawn(cur: Any, cfg: MasterConfig, build: PendingBuild) -> str | None:
+    """Why this build's release may no longer be published, or None: an operator removed
+    it or its project (`pinwheel remove`) after the build finished, or it was deleted
+    upstream while the watcher's on_removal is remove. (A plain skip stops building;
+    what is built is still published.)"""
+    cur.execute("""SELECT CASE WHEN starts_with(p.skip_reason, %(removed)s) THEN p.skip_reason
+                               WHEN starts_with(v.skip_reason, %(removed)s) THEN v.skip_reason
+                               WHEN %(on_removal)s = 'remove' AND p.removed_upstream_at
+                                    IS NOT NULL THEN 'the project was removed upstream'
+                               WHEN %(on_removal)s = 'remove' AND v.removed_upstream_at
+                                    IS NOT NULL THEN 'the release was removed upstream'
+                          END
+                     FROM packages p
+                     LEFT JOIN versions v ON v.package = p.package AND v.version = %(version)s
+                    WHERE p.package = %(package)s""",
+                {"removed": REMOVED_PREFIX,
+                 "on_removal": cfg.watch.on_removal, "package": build.package,
+                 "version": build.version})
+    row = cur.fetchone()
+    return row[0] if row else None
+
+
+def _drop_withdrawn(cur: Any, cfg: MasterConfig, build: PendingBuild, file_id: int,
+                    filename: str, why: str, outcome: _Outcome) -> None:
+    """A file of a withdrawn release: recorded as removed, never published; the builder's
+    incoming copy is deleted."""
+    reason = _clean(f"not published: {why}")
+    cur.execute("UPDATE files SET state = 'removed', reason = %s WHERE file_id = %s",
+                (reason, file_id))
+    log.info("not publishing %r (builder %s, build %s): %s",
+             filename[:300], build.builder, build.build_id, why)
+    src_dir = _incoming_dir(cfg, build)
+    if src_dir is not None and _safe_name(filename, WHEEL_NAME_RE, "wheel"):
+        st = _lstat(src_dir / filename)
+        _after(outcome, f"remove {src_dir / filename}",
+               lambda: _remove_if_same(src_dir / filename, st))
+
+
 def _ingest_wheel(cur: Any, cfg: MasterConfig, build: PendingBuild,
                   row: tuple[int, str, int, str], outcome: _Outcome,
                   rebuild: bool = False) -> None:
@@ -419,10 +458,16 @@ def _ingest_build(cur: Any, cfg: MasterConfig, build: PendingBuild) -> _Outcome:
                 "AND state = 'published')", (build.package,))
     first_files = cur.fetchone()[0]
     rebuild = _rebuild_requested(cur, build)
+    # Under the project lock, which `pinwheel remove` takes too: a release removed after
+    # its build finished is not published by the ingest that follows.
+    withdrawn = _withdrawn(cur, cfg, build)
     cur.execute("SELECT file_id, filename, size, sha256 FROM files "
                 "WHERE build_id = %s AND state = 'pending' ORDER BY file_id", (build.build_id,))
     for row in cur.fetchall():
-        _ingest_wheel(cur, cfg, build, row, outcome, rebuild)
+        if withdrawn:
+            _drop_withdrawn(cur, cfg, build, row[0], row[1], withdrawn, outcome)
+        else:
+            _ingest_wheel(cur, cfg, build, row, outcome, rebuild)
     if rebuild and outcome.published:
         _supersede(cur, build, outcome.published)
     _ingest_log(cur, cfg, build, outcome)

@@ -9,7 +9,8 @@ that fails leaves the old files published.
 
 **Remove** unpublishes a project or one release: its files rows become
 ``removed``, its jobs are cancelled (a build running for it loses its lease and
-its result is dropped), and it is skipped with the reason so neither ``pinwheel
+its result is dropped; one finished but not yet ingested is dropped by the ingest,
+which sees the removal under the same project lock), and it is skipped with the reason so neither ``pinwheel
 watch`` nor ``pinwheel add`` queues it again (``pinwheel unskip`` undoes the
 skip, and queues it again). The pages are rewritten by the index writer
 (atomically, like every page), which also deletes the wheels from disk.
@@ -187,6 +188,10 @@ def remove(conn: Any, www_root: Path, options: index.IndexOptions, name: str,
     skip = REMOVED_PREFIX + reason
     with db.transaction(conn) as cur:
         package = _package(cur, name)
+        # The ingest's project lock: a build being published now finishes first (and is
+        # unpublished below); one published after this commits sees the removal.
+        cur.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s))",
+                    (index.PROJECT_LOCK, package))
         result = RemoveResult(package, version)
         if version is not None:
             _version(cur, package, version)

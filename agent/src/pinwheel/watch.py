@@ -147,13 +147,14 @@ class Watcher:
         self.flush_pages()
         return result
 
-    def _state(self, cur: Any) -> tuple[str | None, str | None]:
-        cur.execute("SELECT upstream_url, root_etag, root_last_modified FROM watch_state "
-                    "FOR UPDATE")
+    def _state(self, cur: Any) -> tuple[str | None, str | None, bool]:
+        """The root's validators, and whether this upstream was listed before."""
+        cur.execute("SELECT upstream_url, root_etag, root_last_modified, polled_at "
+                    "FROM watch_state FOR UPDATE")
         row = cur.fetchone()
         if row is None:
             cur.execute("INSERT INTO watch_state (upstream_url) VALUES (%s)", (self.url,))
-            return None, None
+            return None, None, False
         if row[0] != self.url:
             log.warning("the upstream changed from %s to %s: forgetting the serials and "
                         "validators of the old one", row[0], self.url)
@@ -161,15 +162,15 @@ class Watcher:
                         "root_last_modified = NULL, root_serial = NULL", (self.url,))
             cur.execute("UPDATE watch_projects SET upstream_serial = NULL, last_serial = NULL, "
                         "etag = NULL, last_modified = NULL, content_sha256 = NULL")
-            return None, None
-        return row[1], row[2]
+            return None, None, False
+        return row[1], row[2], row[3] is not None
 
     def _list_due(self) -> bool:
         """Step 1: store what may have changed. True when the upstream has serials."""
         if self.wcfg.mode == "allowlist":
             return self._list_allowlist()
         with db.transaction(self.conn) as cur:
-            etag, modified = self._state(cur)
+            etag, modified, listed_before = self._state(cur)
         page = upstream.fetch_page(self.url, etag, modified, self.wcfg.timeout,
                                    self.cfg.ca_bundle)
         with db.transaction(self.conn) as cur:
@@ -187,12 +188,17 @@ class Watcher:
             # and lists ~600,000 projects, of which a poll sees a few dozen change.
             cur.execute("SELECT package, upstream_serial, listed FROM watch_projects")
             stored = {pkg: (serial, listed) for pkg, serial, listed in cur.fetchall()}
-            moved = [(pkg, serial, True) for pkg, (_, serial) in listing.projects.items()
+            # A project the listing shows for the first time, when the upstream was
+            # listed before, is new upstream: its releases go to the new lane (_diff).
+            appeared = _now() if listed_before and stored else None
+            moved = [(pkg, serial, True, None if pkg in stored else appeared)
+                     for pkg, (_, serial) in listing.projects.items()
                      if stored.get(pkg) != (serial, True)]
             gone = [pkg for pkg, (_, listed) in stored.items()
                     if listed and pkg not in listing.projects]
             psycopg2.extras.execute_values(cur, """
-                INSERT INTO watch_projects (package, upstream_serial, listed) VALUES %s
+                INSERT INTO watch_projects (package, upstream_serial, listed, appeared_at)
+                VALUES %s
                 ON CONFLICT (package) DO UPDATE
                    SET upstream_serial = EXCLUDED.upstream_serial, listed = true""",
                 moved, page_size=5000)
@@ -411,6 +417,12 @@ class Watcher:
         cur.execute("SELECT removed_upstream_at, status, status_reason FROM packages "
                     "WHERE package = %s", (package,))
         known = cur.fetchone()
+        # Releases go to the new lane when the project is known already, or is new upstream
+        # (listed only after the watcher's first listing); a project's history otherwise.
+        cur.execute("SELECT appeared_at IS NOT NULL FROM watch_projects WHERE package = %s",
+                    (package,))
+        appeared = cur.fetchone()
+        new_lane = known is not None or bool(appeared and appeared[0])
         cur.execute("INSERT INTO packages (package, display_name) VALUES (%s, %s) "
                     "ON CONFLICT (package) DO UPDATE SET display_name = EXCLUDED.display_name",
                     (package, proj.name))
@@ -433,7 +445,7 @@ class Watcher:
             if prev is None:
                 plan = self._plan(cur, package, version, files, change,
                                   queue=only is None or version == only)
-                if known is not None:
+                if new_lane:
                     _mark_new(cur, package, version)
                 if plan.has_sdist:
                     change.add(version, "new-release", f"{plan.jobs} job(s) queued"
