@@ -1,4 +1,4 @@
--- Pinwheel schema: projects new upstream go to the queue's new lane.
+-- Pinwheel schema, version 14: projects new upstream go to the queue's new lane.
 --
 -- * watch_projects.appeared_at: in mirror mode, when the root listing first showed a
 --   project, if the watcher had listed the upstream before (so the project was created
