@@ -10,10 +10,11 @@ that fails leaves the old files published.
 **Remove** unpublishes a project or one release: its files rows become
 ``removed``, its jobs are cancelled (a build running for it loses its lease and
 its result is dropped; one finished but not yet ingested is dropped by the ingest,
-which sees the removal under the same project lock), and it is skipped with the reason so neither ``pinwheel
-watch`` nor ``pinwheel add`` queues it again (``pinwheel unskip`` undoes the
-skip, and queues it again). The pages are rewritten by the index writer
-(atomically, like every page), which also deletes the wheels from disk.
+which sees the removal under the same project lock), and it is skipped with the
+reason so neither ``pinwheel watch`` nor ``pinwheel add`` queues it again
+(``pinwheel unskip`` undoes the skip, and queues it again). The pages are
+rewritten by the index writer (atomically, like every page), which also deletes
+the wheels from disk.
 
 Both record the operator's reason in ``operator_actions``.
 """
