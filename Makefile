@@ -17,7 +17,7 @@ APT_PACKAGES := postgresql nginx-light libnginx-mod-http-perl openssh-server ope
 	build-essential libpq-dev gzip zlib1g-dev libffi-dev chromium tinyproxy
 export PINWHEEL_SEED_DIR := $(abspath $(SEED))
 
-.PHONY: help deps test-deps test test-python lint bench bench-queue bench-index bench-agent bench-logs farm farm-down clean
+.PHONY: help deps test-deps test test-python lint bench bench-queue bench-index bench-agent bench-logs bench-plan farm farm-down clean
 
 help:
 	@sed -n 's/^#   //p' Makefile
@@ -76,7 +76,7 @@ $(BENCH_VENV)/.installed: bench/requirements.txt agent/pyproject.toml | $(CACHE)
 	@$(BENCH_VENV)/bin/pip install -q -e './agent[master]' -r bench/requirements.txt
 	@touch $@
 
-bench: bench-queue bench-index bench-agent bench-logs
+bench: bench-queue bench-index bench-agent bench-logs bench-plan
 
 bench-queue: $(CACHE)/apt.stamp $(BENCH_VENV)/.installed
 	nice -n 10 $(BENCH_VENV)/bin/python bench/queue_bench.py
@@ -87,6 +87,10 @@ bench-index: $(CACHE)/apt.stamp $(CACHE)/bench-apt.stamp $(BENCH_VENV)/.installe
 # The access log importer beside a raw COPY, 5,000,000 lines (test harness, docs/downloads.md).
 bench-logs: test-deps
 	nice -n 10 $(VENV)/bin/python bench/logs_bench.py
+
+# Planning one release at 1k, 10k and 100k releases (test harness PostgreSQL, about a minute).
+bench-plan: test-deps
+	nice -n 10 $(VENV)/bin/python bench/plan_bench.py
 
 # The agent's overhead per job runs on the test harness (real agent, sshd, PostgreSQL).
 bench-agent: test-deps
