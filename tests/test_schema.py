@@ -50,15 +50,20 @@ def test_migrations_are_numbered_without_gaps():
     assert versions == list(range(1, len(versions) + 1))
 
 
-def test_migration_4_gives_each_platform_of_an_abi_its_own_queued_jobs(pg):
-    """Queued cp311 work from before build targets is kept for each cp311 platform."""
-    name = "pinwheel_targets"
+def empty_database(pg, name: str):  # type: ignore[no-untyped-def]
+    """A new database without any migration (to upgrade step by step); its admin connection."""
     pg.drop_database(name)
     conn = pg.admin()
     with conn.cursor() as cur:
         cur.execute(f"CREATE DATABASE {name}")
     conn.close()
-    conn = pg.admin(name)
+    return pg.admin(name)
+
+
+def test_migration_4_gives_each_platform_of_an_abi_its_own_queued_jobs(pg):
+    """Queued cp311 work from before build targets is kept for each cp311 platform."""
+    name = "pinwheel_targets"
+    conn = empty_database(pg, name)
     schema.upgrade(conn, target=3)
     with conn.cursor() as cur:
         cur.execute("SET search_path = pinwheel")
@@ -86,12 +91,7 @@ def test_migration_13_sums_the_downloads_already_imported_into_the_daily_summary
     """The summary is backfilled from the raw rows, then kept by each insert; only the master
     reads and writes it."""
     name = "pinwheel_download_days"
-    pg.drop_database(name)
-    conn = pg.admin()
-    with conn.cursor() as cur:
-        cur.execute(f"CREATE DATABASE {name}")
-    conn.close()
-    conn = pg.admin(name)
+    conn = empty_database(pg, name)
     schema.upgrade(conn, target=12)
     conn.close()
     raw = ("INSERT INTO downloads (accessed_at, kind, path, status, package, filename, file_id, "
